@@ -1,0 +1,3 @@
+from chronograd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""Learning rules behind one interface (see :mod:`chronograd.rules.base`).
+
+``get(name, **options)`` builds a rule from its name (used by the CLI); ``RULES`` lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from chronograd.rules.base import (
+    LearningRule,
+    RuleStep,
+    default_prepare_batch,
+    grads_of,
+    select_parameters,
+)
+from chronograd.rules.bptt import BPTT
+from chronograd.rules.run import SequenceResult, apply_to_model, gradient, run_sequence
+from chronograd.rules.tbptt import TBPTT
+
+RULES: dict[str, Callable[..., LearningRule]] = {
+    "bptt": BPTT,
+    "tbptt": TBPTT,
+}
+
+
+def register(name: str, factory: Callable[..., LearningRule]) -> None:
+    """Make a rule available to ``get`` and the CLI under ``name``."""
+    if name in RULES and RULES[name] is not factory:
+        raise ValueError(f"a rule named {name!r} is already registered")
+    RULES[name] = factory
+
+
+def get(name: str, **options: Any) -> LearningRule:
+    """Build the rule registered as ``name`` with ``options`` (unknown options raise)."""
+    key = name.lower().replace("_", "-")
+    if key not in RULES:
+        raise ValueError(f"unknown rule {name!r}; available: {', '.join(sorted(RULES))}")
+    return RULES[key](**options)
+
+
+__all__ = [
+    "BPTT",
+    "RULES",
+    "TBPTT",
+    "LearningRule",
+    "RuleStep",
+    "SequenceResult",
+    "apply_to_model",
+    "default_prepare_batch",
+    "get",
+    "gradient",
+    "grads_of",
+    "register",
+    "run_sequence",
+    "select_parameters",
+]

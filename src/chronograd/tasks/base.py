@@ -1,0 +1,136 @@
+"""Tasks: seeded, lazily generated data with the matching objective and metric.
+
+``chronograd.tasks.get(name, **options)`` returns a :class:`Task`. Data are generated batch by
+batch from a ``torch.Generator`` seeded by ``(seed, split, epoch, batch index)``, so a task is
+deterministic for a seed, never materialises a whole data set for long sequences, and a resumed
+run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from chronograd.objectives import Objective
+
+Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A task metric: ``fn(outputs (T,B,O), targets) -> float``.
+
+    Attributes:
+        name: history key (``val_<name>`` in the trainer).
+        fn: the function.
+        higher_is_better: direction of improvement.
+        chance: the trivial baseline's value (what predicting without learning gets).
+    """
+
+    name: str
+    fn: Callable[[Any, Any], float]
+    higher_is_better: bool
+    chance: float
+
+    def __call__(self, outputs: Any, targets: Any) -> float:
+        return float(self.fn(outputs, targets))
+
+
+def _seed(*parts: int) -> int:
+    s = 0x9E3779B97F4A7C15
+    for p in parts:
+        s = (s * 6364136223846793005 + (p & 0xFFFFFFFF) + 1442695040888963407) & ((1 << 63) - 1)
+    return s
+
+
+@dataclass(frozen=True)
+class Task:
+    """A learning problem.
+
+    Attributes:
+        name: registry name.
+        description: one line, with the source paper.
+        input_size, output_size: features of ``x_t`` and of the model's output.
+        seq_len: ``T`` of a sequence.
+        objective: the matching :class:`~chronograd.objectives.Objective`.
+        metric: the task metric.
+        sample: ``(batch_size, generator) -> (x (T, B, I), y (T, B, ...))``.
+        batch_size, batches_per_epoch, val_batches: data volume.
+        seed: base seed.
+        spiking: inputs are spike trains (0/1).
+        suggested: hints for building a model (``cell``, ``hidden``, ``lr``, ``tau_out``...).
+    """
+
+    name: str
+    description: str
+    input_size: int
+    output_size: int
+    seq_len: int
+    objective: Objective
+    metric: Metric
+    sample: Sampler
+    batch_size: int = 32
+    batches_per_epoch: int = 10
+    val_batches: int = 4
+    seed: int = 0
+    spiking: bool = False
+    suggested: dict[str, Any] = field(default_factory=dict)
+
+    def _batches(self, split: int, epoch: int, n: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(n):
+            g = torch.Generator().manual_seed(_seed(self.seed, split, epoch, i))
+            yield self.sample(self.batch_size, g)
+
+    def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The training batches of ``epoch`` (fresh and seeded per epoch)."""
+        return self._batches(0, epoch, self.batches_per_epoch)
+
+    def val(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The validation batches (the same at every epoch)."""
+        return self._batches(1, 0, self.val_batches)
+
+    def batch(self, batch_size: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """One batch, for quick experiments and tests."""
+        g = torch.Generator().manual_seed(_seed(self.seed, 2, seed))
+        return self.sample(batch_size or self.batch_size, g)
+
+
+TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Decorator registering a task factory under ``name``."""
+
+    def deco(factory: Callable[..., Task]) -> Callable[..., Task]:
+        if name in TASKS:
+            raise ValueError(f"a task named {name!r} is already registered")
+        TASKS[name] = factory
+        return factory
+
+    return deco
+
+
+def get(name: str, **options: Any) -> Task:
+    """Build the task ``name`` with ``options`` (unknown options raise ``TypeError``)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+    return TASKS[name](**options)
+
+
+def available() -> list[str]:
+    return sorted(TASKS)
+
+
+def poisson(rates: Tensor, g: torch.Generator) -> Tensor:
+    """Spikes ``1[u < rate]`` per element with ``u ~ U(0, 1)`` (rates per step, in [0, 1])."""
+    return (torch.rand(rates.shape, generator=g) < rates).to(torch.get_default_dtype())
+
+
+def positive_int(name: str, v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return v
