@@ -32,7 +32,7 @@ class LinearCall(NamedTuple):
     """One relation call inside a step.
 
     Attributes:
-        index: position among the relation calls of the step (0, 1, ...).
+        position: position among the relation calls of the step (0, 1, ...).
         weight: name of ``W`` among the model's parameters.
         bias: name of ``b`` when it is a parameter, else None.
         input: ``z``, shape ``(..., I)`` (``(I, ...)`` for ``form="left"``).
@@ -41,7 +41,7 @@ class LinearCall(NamedTuple):
             ``"left"``: ``y = W z`` (``W`` on the left; the engine cannot use these).
     """
 
-    index: int
+    position: int
     weight: str
     bias: str | None
     input: Tensor
