@@ -158,6 +158,14 @@ class LearningRule(abc.ABC):
     ) -> RuleStep:
         """Process one chunk ``xs`` (``(T_chunk, B, I)``) covering ``span`` of the sequence."""
 
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ``TypeError`` naming the reason and the fix when this rule cannot train ``model``.
+
+        Default: every cell is supported. Rules that need structure (relations, spiking layers,
+        a linear readout) override this and also call it from ``init``; ``chronograd compare``
+        uses it to skip, with the reason, rules that do not apply.
+        """
+
     def after_update(self, model: nn.Module, carry: Carry) -> Carry:
         """Called after the driver applied an update; default: carry unchanged."""
         return carry
