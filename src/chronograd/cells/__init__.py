@@ -9,6 +9,7 @@ from chronograd.cells.base import (
     check_cell,
     is_cell,
 )
+from chronograd.cells.feedforward import DropoutState, SequenceDropout, spiking_mlp
 from chronograd.cells.lif import ALIF, LIF, ALIFState, LIFState, lsnn_beta
 from chronograd.cells.readout import LeakyReadout, ReadoutState
 from chronograd.cells.rnn import GRU, LeakyRNN, RNNState
@@ -21,6 +22,7 @@ __all__ = [
     "LIF",
     "ALIFState",
     "Cell",
+    "DropoutState",
     "EmptyState",
     "FastSigmoid",
     "HoistedCell",
@@ -30,6 +32,7 @@ __all__ = [
     "Map",
     "RNNState",
     "ReadoutState",
+    "SequenceDropout",
     "Sigmoid",
     "Stack",
     "State",
@@ -39,4 +42,5 @@ __all__ = [
     "get_surrogate",
     "is_cell",
     "lsnn_beta",
+    "spiking_mlp",
 ]
