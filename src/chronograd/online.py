@@ -45,7 +45,7 @@ from chronograd.sequence import Span
 StepLoss = Callable[[Tensor, Tensor], Tensor]
 
 
-class RunningAverages(list):  # type: ignore[type-arg]
+class RunningAverages(list[Tensor]):
     """FPTT's ``w_ra``: a list of ``W̄`` tensors in the optimizer's parameter order.
 
     It is a plain list for the user; it also carries the correction ``λ`` of each parameter
