@@ -164,9 +164,12 @@ class FPTT(LearningRule):
         outputs, new_state = unroll(model, xs, state)
         loss = objective.loss(outputs, targets, start=span.start, total=span.total)
         grads = grads_of(loss, dict(live), objective)
-        with torch.no_grad():  # ∇ of (α/2)‖W − W̄ − λ/α‖² is α(W − W̄) − λ
+        with torch.no_grad():  # ∇ of (α/2)‖W − W̄ − λ/α‖² is α(W − W̄) − λ (one allocation)
             grads = {
-                n: g + self.alpha * (live[n] - c.w_bar[n]) - c.lam[n] for n, g in grads.items()
+                n: torch.add(g, live[n], alpha=self.alpha)
+                .sub_(c.w_bar[n], alpha=self.alpha)
+                .sub_(c.lam[n])
+                for n, g in grads.items()
             }
         pending = (
             _Chunk(xs, targets, detach(state), objective, span) if self.form == "two_pass" else None
@@ -195,11 +198,15 @@ class FPTT(LearningRule):
             with torch.no_grad():
                 lam = {n: cc * g[n] for n in live}
         else:
-            with torch.no_grad():
-                lam = {n: cc * (c.lam[n] - self.alpha * (w - c.w_bar[n])) for n, w in live.items()}
-        with torch.no_grad():
+            with torch.no_grad():  # c (λ − α (W − W̄))
+                lam = {
+                    n: torch.sub(w, c.w_bar[n]).mul_(-self.alpha).add_(c.lam[n]).mul_(cc)
+                    for n, w in live.items()
+                }
+        with torch.no_grad():  # ½ (W̄ + W) − λ / (2αc)
             w_bar = {
-                n: 0.5 * (c.w_bar[n] + w) - lam[n] / (2 * self.alpha * cc) for n, w in live.items()
+                n: torch.add(c.w_bar[n], w).mul_(0.5).sub_(lam[n], alpha=1 / (2 * self.alpha * cc))
+                for n, w in live.items()
             }
         return FPTTCarry(w_bar, lam, None)
 
