@@ -413,3 +413,13 @@ def test_unsupported_models_and_options_raise():
 def test_surrogate_is_used_by_the_hand_formula():
     """Guard for the hand formula: LIF's default surrogate is the γ = 0.3 triangle."""
     assert LIF(2, 2).surrogate == Triangle()
+
+
+def test_ottt_setup_leaves_the_random_stream_alone():
+    """OTTT.init probes one step (init_state may draw a dropout mask): the generator is restored."""
+    model = cg.cells.spiking_mlp((5, 8, 3), dropout=0.5).double()
+    torch.manual_seed(11)
+    OTTT().init(model, None)
+    after = torch.rand(3)
+    torch.manual_seed(11)
+    torch.testing.assert_close(after, torch.rand(3))

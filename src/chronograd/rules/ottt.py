@@ -291,8 +291,11 @@ class OTTT(LearningRule):
         live = self.trained(model)
         device, dtype = param_like(model)
         x = torch.zeros(1, size, device=device, dtype=dtype)
-        state = model.init_state(1, device=x.device, dtype=x.dtype)  # type: ignore[operator]
-        for call in find_relations(model, x, state, live):
+        # a probe step; the generator is restored (init_state may draw, e.g. a dropout mask)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            state = model.init_state(1, device=x.device, dtype=x.dtype)  # type: ignore[operator]
+            calls = find_relations(model, x, state, live)
+        for call in calls:
             check_form(call)
             relation_decay(model, call.weight, self._decay())
 
