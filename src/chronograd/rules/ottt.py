@@ -12,9 +12,10 @@ uses the trace in place of the instantaneous input::
     ∇W += δ_tᵀ â_t        ∇b += c_t Σ_b δ_t        ∂/∂z_t = Wᵀ δ_t   (the usual spatial path)
 
 with ``δ_t = ∂(w_t ℓ_t)/∂y_t`` and ``c_t = λ c_{t-1} + 1`` the trace of the bias's constant
-input (the bias is a weight on an input that is always 1; ``c = 1`` where the input is raw). For a layer ``u_t = λ u_{t-1} + W z_t`` (no reset, no
-recurrence), ``â_t = ∂u_t/∂W``, so the rule is exact for a leaky linear integrator read out at
-the same step; the reset and the recurrent paths through time are what it drops.
+input (the bias is a weight on an input that is always 1; ``c = 1`` where the input is raw).
+For a layer ``u_t = λ u_{t-1} + W z_t + b`` (no reset, no recurrence), ``â_t = ∂u_t/∂W`` and
+``c_t = ∂u_t/∂b``, so the rule is exact for a leaky linear integrator read out at the same
+step; the reset and the recurrent paths through time are what it drops.
 
 Choices stated:
 
@@ -29,7 +30,9 @@ Choices stated:
 * Traces are taken at each relation's own input, so parameterless layers between layers
   (flatten, average pooling, dropout with one mask per sequence) need no special handling: the
   trace is always the trace of what the map actually receives. For linear parameterless layers
-  this equals passing the upstream trace through the layer (they commute with the decay sum).
+  this equals passing the upstream trace through the layer (they commute with the decay sum);
+  for a nonlinear one (max pooling) it is the trace of the pooled spikes, which is what the
+  map's ``∂u/∂W`` needs.
 * Parameters outside any relation (a trainable threshold, say) get their instantaneous,
   same-step gradient.
 * ``online=True``: one update per step (chunk 1, each step's loss normalised as its own window,
