@@ -4,7 +4,7 @@ from chronograd.training.checkpoint import UnsafeCheckpointError, load, save
 from chronograd.training.events import Event, EventFilter
 from chronograd.training.handlers import Checkpoint, EarlyStopping, ProgressBar
 from chronograd.training.history import History
-from chronograd.training.trainer import Trainer, TrainerState
+from chronograd.training.trainer import Trainer, TrainerState, TrainingInterrupted
 
 __all__ = [
     "Checkpoint",
@@ -15,6 +15,7 @@ __all__ = [
     "ProgressBar",
     "Trainer",
     "TrainerState",
+    "TrainingInterrupted",
     "UnsafeCheckpointError",
     "load",
     "save",

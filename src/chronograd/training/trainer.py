@@ -18,8 +18,10 @@ update) and fires events.
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,34 @@ class TrainerState:
     terminate: bool = False
 
 
+@dataclass
+class _EpochProgress:
+    """The unfinished part of an epoch: enough to resume it exactly from a checkpoint."""
+
+    rng: dict[str, Any]  # RNG states at the epoch's start (replays a shuffling loader's order)
+    batches: int = 0
+    total: float = 0.0
+    samples: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    nonfinite: int = 0
+    elapsed: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng, "batches": self.batches, "total": self.total, "samples": self.samples,
+                "sums": dict(self.sums), "nonfinite": self.nonfinite, "elapsed": self.elapsed}  # fmt: skip
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :meth:`Trainer.fit` after a SIGTERM/SIGINT, once the current batch finished
+    and (when a checkpoint path is set) the checkpoint was written."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        name = signal.Signals(signum).name
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint path set"
+        super().__init__(f"training interrupted by {name}; {where}")
+        self.signum, self.checkpoint = signum, checkpoint
+
+
 class Trainer:
     """Train ``model`` with ``rule`` on ``objective``.
 
@@ -71,6 +101,11 @@ class Trainer:
             batch size) for validation (``val_<name>``) and training (``<name>``).
         device: where batches go (default: the model's device).
         progress: show a progress line on stderr.
+
+    Interruptions: during :meth:`fit`, SIGTERM and SIGINT finish the current batch, write a
+    checkpoint to ``interrupt_checkpoint`` (set by :class:`~chronograd.training.Checkpoint`
+    when attached, or by hand) and raise :class:`TrainingInterrupted`; a second signal stops at
+    once. :meth:`resume` continues from any batch boundary exactly (data position included).
     """
 
     def __init__(
@@ -126,6 +161,9 @@ class Trainer:
         self.state = TrainerState()
         self.history = History()
         self.carry: Any = None
+        self.interrupt_checkpoint: Path | None = None
+        self._progress: _EpochProgress | None = None
+        self._signal: int | None = None
         self._handlers: list[
             tuple[EventFilter, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
         ] = []
@@ -199,51 +237,98 @@ class Trainer:
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
         for name, data in (("train", train), ("val", val)):
-            if data is not None and not callable(data) and iter(data) is data:
+            # isinstance, not iter(data) is data: creating a DataLoader iterator draws a seed
+            # from the global RNG, which would shift a resumed run's random stream.
+            if data is not None and not callable(data) and isinstance(data, Iterator):
                 raise ValueError(
                     f"{name} data is a one-shot iterator (it would be empty after the first "
                     "epoch); pass a list, a DataLoader, or a callable epoch -> batches"
                 )
         self.state.terminate = False
+        self._signal = None
+        previous = self._install_signal_handlers()
         try:
             self.fire(Event.STARTED)
-            while self.state.epoch < epochs and not self.state.terminate:
+            while (
+                self.state.epoch < epochs or self._progress is not None
+            ) and not self.state.terminate:
                 self._epoch(train, val)
             self.fire(Event.COMPLETED)
         except Exception as e:
             if any(f.event is Event.EXCEPTION_RAISED for f, *_ in self._handlers):
                 self.fire(Event.EXCEPTION_RAISED, e)
             raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return self.history
 
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal is not None:  # a second signal: stop now
+                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping at once")
+            self._signal = signum
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _check_signal(self) -> None:
+        if self._signal is None:
+            return
+        path = self.interrupt_checkpoint
+        if path is not None:
+            self.save_checkpoint(path)
+        raise TrainingInterrupted(self._signal, path)
+
     def _epoch(self, train: Batches, val: Batches | None) -> None:
-        self.state.epoch += 1
-        t0 = time.perf_counter()
-        self.fire(Event.EPOCH_STARTED)
+        prog, skip, resume_rng = self._progress, 0, None
+        if prog is None:
+            self.state.epoch += 1
+            prog = self._progress = _EpochProgress(rng=_capture_rng())
+            self.fire(Event.EPOCH_STARTED)
+        elif prog.batches > 0:  # resuming inside an epoch: replay its data order, skip what is done
+            skip, resume_rng = prog.batches, _capture_rng()
+            _restore_rng(prog.rng)
+        t0 = time.perf_counter() - prog.elapsed
         self.model.train()
-        total, n, sums = 0.0, 0, dict.fromkeys(self.metrics, 0.0)
-        for batch in self._batches(train, self.state.epoch):
+        for i, batch in enumerate(self._batches(train, self.state.epoch)):
+            if i < skip:
+                if i == skip - 1 and resume_rng is not None:
+                    _restore_rng(resume_rng)
+                continue
             x, y = self._prepare(batch)
             self.state.iteration += 1
             self.fire(Event.BATCH_STARTED)
             result = self._sequence(x, y)
             b = x.shape[1]
-            total += result.loss * b
-            n += b
+            prog.total += result.loss * b
+            prog.samples += b
+            prog.nonfinite += result.nonfinite
             for k, fn in self.metrics.items():
-                sums[k] += float(fn(result.outputs, y)) * b
+                prog.sums[k] = prog.sums.get(k, 0.0) + float(fn(result.outputs, y)) * b
+            prog.batches += 1
+            prog.elapsed = time.perf_counter() - t0
             self.state.batch_loss = result.loss
             self.fire(Event.BATCH_COMPLETED)
+            self._check_signal()
             if self.state.terminate:
                 break
-        if n == 0:
+        if prog.samples == 0:
             raise ValueError("the training data produced no batches this epoch")
-        record: dict[str, float] = {"loss": total / n, **{k: v / n for k, v in sums.items()}}
+        n = prog.samples
+        record: dict[str, float] = {
+            "loss": prog.total / n,
+            **{k: prog.sums.get(k, 0.0) / n for k in self.metrics},
+        }
+        record["nonfinite"] = float(prog.nonfinite)
         if self.optimizer is not None:
             record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         if val is not None:
             record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
         record["time"] = time.perf_counter() - t0
+        self._progress = None
         self.history.append(self.state.epoch, **record)
         self.state.metrics = record
         if val is not None:
@@ -254,6 +339,7 @@ class Trainer:
             else:
                 self.scheduler.step()
         self.fire(Event.EPOCH_COMPLETED)
+        self._check_signal()
 
     def _sequence(self, x: Tensor, y: Any) -> Any:
         state = self.model.init_state(x.shape[1], device=x.device, dtype=x.dtype)  # type: ignore[operator]
@@ -297,9 +383,6 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly (weights_only-loadable)."""
-        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _py_rng_to_tensor()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         carry = self.rule.carry_state_dict(self.carry) if self.carry is not None else None
         return {
             "format": "chronograd.trainer/1",
@@ -313,7 +396,8 @@ class Trainer:
                 "chunk": self.state.chunk,
             },
             "history": self.history.state_dict(),
-            "rng": rng,
+            "rng": _capture_rng(),
+            "progress": None if self._progress is None else self._progress.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -337,10 +421,9 @@ class Trainer:
             t["chunk"],
         )
         self.history.load_state_dict(state["history"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(_py_rng_from_tensor(state["rng"]["python"]))
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        _restore_rng(state["rng"])
+        prog = state.get("progress")
+        self._progress = None if prog is None else _EpochProgress(**prog)
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write :meth:`state_dict` atomically to ``path``."""
@@ -349,6 +432,21 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Load a checkpoint written by :meth:`save_checkpoint`; ``fit`` then continues the run."""
         self.load_state_dict(ckpt.load(path, map_location=self.device))
+
+
+def _capture_rng() -> dict[str, Any]:
+    """The torch (CPU and CUDA) and Python RNG states, as weights_only-loadable tensors."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _py_rng_to_tensor()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _restore_rng(rng: Mapping[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_py_rng_from_tensor(rng["python"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _py_rng_to_tensor() -> dict[str, Tensor]:
