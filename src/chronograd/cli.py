@@ -110,6 +110,8 @@ def train(args: argparse.Namespace) -> int:
     history = trainer.fit(task.train, args.epochs, val=task.val)
     seconds = time.perf_counter() - t0
     trainer.save_checkpoint(out / "checkpoint.pt")
+    if not trainer.is_main:  # under torchrun, rank 0 writes the outputs and reports
+        return 0
     learning_curve(
         history,
         out / "learning_curve.png",

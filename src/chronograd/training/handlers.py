@@ -30,12 +30,16 @@ class ProgressBar:
 
     def _batch(self, trainer: Any) -> None:
         self._batches += self.every
+        if not trainer.is_main:
+            return
         self.stream.write(
             f"\repoch {trainer.state.epoch} batch {self._batches} loss {trainer.state.batch_loss:.4f}   "
         )
         self.stream.flush()
 
     def _epoch_completed(self, trainer: Any) -> None:
+        if not trainer.is_main:
+            return
         m = trainer.state.metrics
         parts = [f"{k} {v:.4g}" for k, v in m.items() if k not in ("time",)]
         self.stream.write(
@@ -131,6 +135,8 @@ class Checkpoint:
         trainer.save_checkpoint(self.directory / "last.pt")
 
     def __call__(self, trainer: Any) -> None:
+        if not trainer.is_main:
+            return
         path = trainer.save_checkpoint(self.directory / f"epoch_{trainer.state.epoch:05d}.pt")
         self.saved.append(path)
         trainer.save_checkpoint(self.directory / "last.pt")

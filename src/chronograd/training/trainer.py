@@ -35,6 +35,16 @@ from chronograd.rules.base import LearningRule, RuleStep
 from chronograd.rules.run import apply_to_model, run_sequence
 from chronograd.sequence import Span, time_first, unroll
 from chronograd.training import checkpoint as ckpt
+from chronograd.training.distributed import (
+    DistributedContext,
+    average,
+    broadcast_module,
+    broadcast_tree,
+    reduce_sums,
+    set_active,
+    shard,
+)
+from chronograd.training.distributed import setup as dist_setup
 from chronograd.training.events import Event, EventFilter, as_filter, check_handler
 from chronograd.training.history import History
 
@@ -101,6 +111,14 @@ class Trainer:
             batch size) for validation (``val_<name>``) and training (``<name>``).
         device: where batches go (default: the model's device).
         progress: show a progress line on stderr.
+        distributed: ``"auto"`` (default: data-parallel when launched by torchrun or when a
+            process group is initialised), ``True`` (require it) or ``False``. See
+            :mod:`chronograd.training.distributed`: gradients of every rule are averaged across
+            ranks once per update, weights and persistent rule state are broadcast from rank 0,
+            metrics are reduced, and only rank 0 writes files and progress.
+        shard: in distributed mode, give each rank its share of the training data (batch ``i``
+            to rank ``i mod N`` for lists and callables; a DataLoader must use a
+            ``DistributedSampler``). ``False``: each rank's data is already its own.
 
     Interruptions: during :meth:`fit`, SIGTERM and SIGINT finish the current batch, write a
     checkpoint to ``interrupt_checkpoint`` (set by :class:`~chronograd.training.Checkpoint`
@@ -123,6 +141,8 @@ class Trainer:
         metrics: Mapping[str, Metric] | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
+        distributed: bool | str | None = "auto",
+        shard: bool = True,
     ) -> None:
         check_cell(model, "model")
         if not isinstance(rule, LearningRule):
@@ -161,13 +181,16 @@ class Trainer:
         self.state = TrainerState()
         self.history = History()
         self.carry: Any = None
+        self.distributed: DistributedContext | None = None
+        self._distributed_mode, self._shard = distributed, shard
+        self._local_batch = 0
         self.interrupt_checkpoint: Path | None = None
         self._progress: _EpochProgress | None = None
         self._signal: int | None = None
         self._handlers: list[
             tuple[EventFilter, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
         ] = []
-        self._apply = apply_to_model(model, self.optimizer)
+        self._apply_local = apply_to_model(model, self.optimizer)
         if progress:
             from chronograd.training.handlers import ProgressBar
 
@@ -222,10 +245,22 @@ class Trainer:
         self.state.terminate = True
 
     # -- data ---------------------------------------------------------------------------------
-    def _batches(self, data: Batches, epoch: int) -> Iterable[Any]:
-        if callable(data) and not hasattr(data, "__iter__"):
-            return data(epoch)
-        return data
+    def _batches(self, data: Batches, epoch: int, train: bool = True) -> Iterable[Any]:
+        batches = data(epoch) if callable(data) and not hasattr(data, "__iter__") else data
+        ctx = self.distributed
+        if ctx is None or (train and not self._shard):
+            return batches
+        sampler = getattr(batches, "sampler", None)
+        if isinstance(batches, torch.utils.data.DataLoader):
+            if not isinstance(sampler, torch.utils.data.DistributedSampler):
+                raise ValueError(
+                    "in distributed mode a DataLoader needs a DistributedSampler: "
+                    "DataLoader(dataset, sampler=DistributedSampler(dataset), ...) (or pass "
+                    "shard=False if each rank's loader already yields its own data)"
+                )
+            sampler.set_epoch(epoch)
+            return batches
+        return shard(batches, ctx)
 
     def _prepare(self, batch: Any) -> tuple[Tensor, Any]:
         x, y = self.rule.prepare_batch(batch, self.device, self.rule.non_blocking)
@@ -246,6 +281,10 @@ class Trainer:
                 )
         self.state.terminate = False
         self._signal = None
+        self.distributed = dist_setup(self._distributed_mode, self.device)
+        set_active(self.distributed)
+        if self.distributed is not None:
+            broadcast_module(self.model)
         previous = self._install_signal_handlers()
         try:
             self.fire(Event.STARTED)
@@ -259,9 +298,27 @@ class Trainer:
                 self.fire(Event.EXCEPTION_RAISED, e)
             raise
         finally:
+            set_active(None)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self.history
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files and progress (rank 0, or when not distributed)."""
+        return self.distributed is None or self.distributed.is_main
+
+    def _apply(self, grads: Any, updates: Any) -> None:
+        ctx = self.distributed
+        if ctx is not None:
+            if updates and not getattr(self.rule, "distributed_updates", False):
+                raise ValueError(
+                    f"{type(self.rule).__name__} updates weights directly, and averaging those "
+                    "updates across ranks is not the full-batch update; train it in a single "
+                    "process (distributed=False)"
+                )
+            grads = average(grads, float(self._local_batch))
+        self._apply_local(grads, updates)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -317,12 +374,16 @@ class Trainer:
                 break
         if prog.samples == 0:
             raise ValueError("the training data produced no batches this epoch")
-        n = prog.samples
+        sums = {"total": prog.total, "samples": prog.samples, "nonfinite": prog.nonfinite,
+                **{f"m:{k}": prog.sums.get(k, 0.0) for k in self.metrics}}  # fmt: skip
+        if self.distributed is not None:
+            sums = reduce_sums(sums)
+        n = sums["samples"]
         record: dict[str, float] = {
-            "loss": prog.total / n,
-            **{k: prog.sums.get(k, 0.0) / n for k in self.metrics},
+            "loss": sums["total"] / n,
+            **{k: sums[f"m:{k}"] / n for k in self.metrics},
         }
-        record["nonfinite"] = float(prog.nonfinite)
+        record["nonfinite"] = float(sums["nonfinite"])
         if self.optimizer is not None:
             record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         if val is not None:
@@ -345,6 +406,10 @@ class Trainer:
         state = self.model.init_state(x.shape[1], device=x.device, dtype=x.dtype)  # type: ignore[operator]
         if self.carry is None:
             self.carry = self.rule.init(self.model, state)
+            persistent = self.rule.carry_state_dict(self.carry) if self.distributed else None
+            if persistent is not None:
+                self.carry = self.rule.load_carry_state_dict(self.model, broadcast_tree(persistent))
+        self._local_batch = x.shape[1]
 
         def started(span: Span) -> None:
             self.state.chunk += 1
@@ -367,7 +432,7 @@ class Trainer:
         """Mean loss and metrics over ``data`` (no learning); keys ``loss`` and metric names."""
         self.model.eval()
         total, n, sums = 0.0, 0, dict.fromkeys(self.metrics, 0.0)
-        for batch in self._batches(data, self.state.epoch):
+        for batch in self._batches(data, self.state.epoch, train=False):
             x, y = self._prepare(batch)
             outputs, _ = unroll(self.model, x)
             b = x.shape[1]
@@ -376,6 +441,9 @@ class Trainer:
                 sums[k] += float(fn(outputs, y)) * b
             n += b
         self.model.train()
+        if self.distributed is not None:
+            red = reduce_sums({"total": total, "n": n, **{f"m:{k}": v for k, v in sums.items()}})
+            total, n, sums = red["total"], int(red["n"]), {k: red[f"m:{k}"] for k in sums}
         if n == 0:
             raise ValueError("the validation data produced no batches")
         return {"loss": total / n, **{k: v / n for k, v in sums.items()}}
@@ -426,7 +494,9 @@ class Trainer:
         self._progress = None if prog is None else _EpochProgress(**prog)
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write :meth:`state_dict` atomically to ``path``."""
+        """Write :meth:`state_dict` atomically to ``path`` (rank 0 only when distributed)."""
+        if not self.is_main:
+            return Path(path)
         return ckpt.save(self.state_dict(), path)
 
     def resume(self, path: str | Path) -> None:
