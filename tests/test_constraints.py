@@ -135,7 +135,7 @@ def test_parametrized_dale_weight_obeys_signs_and_works_with_functional_call():
     torch.testing.assert_close(g, g_w * s * torch.sign(raw), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("rule", [BPTT(), TBPTT(4), TBPTT(4, 8)], ids=str)
+@pytest.mark.parametrize("rule", [BPTT(), TBPTT(4), TBPTT(4, 8)], ids=["bptt", "tbptt", "tbptt-k2"])
 def test_parametrized_dale_trains_with_bptt_and_tbptt(rule):
     model = rnn()
     rec = model.layers[0].recurrent

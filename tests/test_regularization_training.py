@@ -12,6 +12,7 @@ from chronograd.constraints import DaleProjection, NoAutapses, SparsityMask
 from chronograd.dale import connection_mask, neuron_signs, sign_violations
 from chronograd.regularizers import L2, DaleHinge, DaleLawL2, ExcRatioTarget
 from chronograd.rules import RULES, apply_to_model, run_sequence
+from chronograd.sequence import spans
 from chronograd.training import (
     Event,
     ProgressBar,
@@ -41,19 +42,45 @@ def batches(epoch):
     return [data(seed=100 * epoch + i) for i in range(2)]
 
 
+# Options for rules whose defaults do not fit this small model; rules that update weights
+# directly (no optimizer) go in NO_OPTIMIZER. Rules that cannot train the model are skipped by
+# their own check_model. Every registered rule is tested below.
+RULE_OPTIONS: dict[str, dict] = {"tbptt": {"k1": 4}}
+NO_OPTIMIZER: set[str] = {"rls"}
+
+
+def registered_rule(name, model):
+    rule = cg.rules.get(name, **RULE_OPTIONS.get(name, {}))
+    try:
+        rule.check_model(model)
+    except TypeError as e:
+        pytest.skip(f"{name} cannot train this model: {e}")
+    return rule
+
+
 # -- the penalty reaches the gradient, once per update --------------------------------------------
-@pytest.mark.parametrize(("rule", "updates"), [(BPTT(), 1), (TBPTT(4), 4), (TBPTT(4, 8), 4)])
-def test_penalty_gradient_is_added_once_per_update(rule, updates):
-    model = rnn()
+def check_penalty_added_once_per_update(rule, model):
     xs, ys = data()
     named = dict(model.named_parameters())
     reg = DaleLawL2({REC: named[REC]}, alpha=0.5, pre_dim=1, seed=0, Lambda=0.3)
     plain = cg.gradient(rule, model, xs, ys, Objective("mse"))
     with_reg = cg.gradient(rule, model, xs, ys, Objective("mse", regularizers=[reg]))
+    updates = len(list(spans(xs.shape[0], rule.chunk_length(xs.shape[0]))))
     (g_pen,) = torch.autograd.grad(reg(), [named[REC]])
+    assert REC in with_reg
     for n in plain:
         extra = updates * g_pen if n == REC else torch.zeros_like(plain[n])
         torch.testing.assert_close(with_reg[n] - plain[n], extra, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(set(RULES) - NO_OPTIMIZER))
+def test_penalty_gradient_is_added_once_per_update_by_every_rule(name):
+    model = rnn()
+    check_penalty_added_once_per_update(registered_rule(name, model), model)
+
+
+def test_penalty_gradient_is_added_once_per_update_with_tbptt_history():
+    check_penalty_added_once_per_update(TBPTT(4, 8), rnn())
 
 
 @pytest.mark.parametrize("rule", [BPTT(), TBPTT(4)], ids=["bptt", "tbptt"])
@@ -87,13 +114,6 @@ def test_regularizing_a_parameter_the_rule_does_not_train_raises():
 
 
 # -- constraints hold after every update of every rule --------------------------------------------
-# Options for rules whose defaults do not fit this small model; rules that update weights
-# directly (no optimizer) go in NO_OPTIMIZER. Rules that cannot train the model are skipped by
-# their own check_model.
-RULE_OPTIONS: dict[str, dict] = {"tbptt": {"k1": 4}}
-NO_OPTIMIZER: set[str] = {"rls"}
-
-
 def constraints_for(model):
     w = model.layers[0].recurrent.weight
     signs = neuron_signs(H, inh_ratio=0.34, seed=0, dtype=D)
@@ -112,11 +132,7 @@ def check_all(model, constraints, signs):
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_constraints_hold_after_every_update_of_every_rule(name):
     model = rnn()
-    rule = cg.rules.get(name, **RULE_OPTIONS.get(name, {}))
-    try:
-        rule.check_model(model)
-    except TypeError as e:
-        pytest.skip(f"{name} cannot train this model: {e}")
+    rule = registered_rule(name, model)
     signs, constraints = constraints_for(model)
     w = model.layers[0].recurrent.weight
     assert not all(c.holds() for c in constraints)  # the test can fail: they start violated

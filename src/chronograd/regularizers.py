@@ -370,8 +370,8 @@ class DaleHinge(_Dale):
 
 def _ratio_penalty(w: Tensor, exc_target: float, temperature: float) -> Tensor:
     """``|mean(sign W) + 1 − 2·target|`` with the gradient of ``tanh(W/τ)`` for ``sign W``."""
-    tau = temperature * float(w.detach().abs().mean())
-    tau = tau if tau > 0 else temperature
+    scale = w.detach().abs().mean()  # no host sync: stays a tensor on w's device
+    tau = temperature * torch.where(scale > 0, scale, torch.ones_like(scale))
     soft = torch.tanh(w / tau)
     s = torch.sign(w).detach() + soft - soft.detach()  # value sign(W), gradient of tanh(W/τ)
     return (s.mean() + 1.0 - 2.0 * exc_target).abs()
