@@ -16,7 +16,7 @@ online rule that processes one step at a time adds exactly the terms BPTT would.
 Several named outputs: pass ``criterion`` as a dict ``{name: criterion}``; the model returns
 a dict of outputs and the targets are a dict with the same keys. Each term may be weighted.
 
-Regularizers (issue 8 adds the library) are callables ``reg() -> scalar tensor`` of parameters;
+Regularizers (:mod:`chronograd.regularizers`) are callables ``reg() -> scalar tensor`` of parameters;
 ``penalty()`` sums them and every rule adds its gradient once per update.
 """
 

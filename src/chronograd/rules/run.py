@@ -8,7 +8,7 @@ summed gradient: the quantity every oracle compares.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,9 +282,21 @@ def gradient(
     return run_sequence(rule, model, xs, targets, objective, state=state).grads
 
 
-def apply_to_model(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Apply:
-    """An ``apply`` callback: write ``grads`` to ``.grad`` and step ``optimizer``; add ``updates``."""
+def apply_to_model(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    constraints: Sequence[Callable[[], object]] = (),
+) -> Apply:
+    """An ``apply`` callback: write ``grads`` to ``.grad`` and step ``optimizer``; add ``updates``.
+
+    ``constraints`` (e.g. :class:`chronograd.constraints.DaleProjection`) are called in order
+    after the optimizer step and the direct updates, so they hold after every update.
+    """
     params = dict(model.named_parameters())
+    constraints = tuple(constraints)
+    for c in constraints:
+        if not callable(c):
+            raise TypeError(f"a constraint must be callable () -> None, got {type(c).__name__}")
 
     def apply(grads: Grads, updates: Grads | None) -> None:
         if grads:
@@ -302,5 +314,7 @@ def apply_to_model(model: nn.Module, optimizer: torch.optim.Optimizer | None) ->
             with torch.no_grad():
                 for name, u in updates.items():
                     params[name].add_(u.to(params[name].dtype))
+        for c in constraints:
+            c()
 
     return apply

@@ -21,7 +21,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from chronograd.cells.base import check_cell, param_like
+from chronograd.constraints import check_constraints
 from chronograd.objectives import Objective
+from chronograd.regularizers import Regularizer
 from chronograd.rules.base import LearningRule, RuleStep
 from chronograd.rules.run import apply_to_model, run_sequence
 from chronograd.sequence import Span, time_first, unroll
@@ -119,6 +121,13 @@ class Trainer:
         shard: in distributed mode, give each rank its share of the training data (batch ``i``
             to rank ``i mod N`` for lists and callables; a DataLoader must use a
             ``DistributedSampler``). ``False``: each rank's data is already its own.
+        constraints: callables ``() -> None`` (e.g. :class:`~chronograd.constraints.DaleProjection`,
+            ``NoAutapses``, ``SparsityMask``) applied in order after every update (optimizer step
+            or direct update), for every rule.
+
+    Chronograd regularizers in ``objective.regularizers`` and constraint modules are moved to
+    ``device``; a :class:`~chronograd.regularizers.Regularizer` of a parameter the rule does not
+    train raises ``ValueError`` (its penalty would have no effect).
 
     Interruptions: during :meth:`fit`, SIGTERM and SIGINT finish the current batch, write a
     checkpoint to ``interrupt_checkpoint`` (set by :class:`~chronograd.training.Checkpoint`
@@ -143,6 +152,7 @@ class Trainer:
         progress: bool = False,
         distributed: bool | str | None = "auto",
         shard: bool = True,
+        constraints: Sequence[Callable[[], object]] = (),
     ) -> None:
         check_cell(model, "model")
         if not isinstance(rule, LearningRule):
@@ -156,7 +166,13 @@ class Trainer:
         self.model, self.rule, self.objective = model, rule, objective
         self.device = torch.device(device) if device is not None else param_like(model)[0]
         self.model.to(self.device)
-        trained = list(rule.trained(model).values())
+        trained_named = rule.trained(model)
+        trained = list(trained_named.values())
+        _check_regularizers(objective, trained_named, rule)
+        self.constraints = check_constraints(constraints)
+        for m in (*objective.regularizers, *self.constraints):
+            if isinstance(m, nn.Module):
+                m.to(self.device)
         if optimizer is None or optimizer is True:
             self.optimizer: torch.optim.Optimizer | None = torch.optim.Adam(trained, lr=lr)
         elif optimizer is False:
@@ -190,7 +206,7 @@ class Trainer:
         self._handlers: list[
             tuple[EventFilter, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
         ] = []
-        self._apply_local = apply_to_model(model, self.optimizer)
+        self._apply_local = apply_to_model(model, self.optimizer, self.constraints)
         if progress:
             from chronograd.training.handlers import ProgressBar
 
@@ -466,6 +482,8 @@ class Trainer:
             "history": self.history.state_dict(),
             "rng": _capture_rng(),
             "progress": None if self._progress is None else self._progress.state_dict(),
+            "regularizers": [_module_state(r) for r in self.objective.regularizers],
+            "constraints": [_module_state(c) for c in self.constraints],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -492,6 +510,21 @@ class Trainer:
         _restore_rng(state["rng"])
         prog = state.get("progress")
         self._progress = None if prog is None else _EpochProgress(**prog)
+        for key, objs in (
+            ("regularizers", self.objective.regularizers),
+            ("constraints", self.constraints),
+        ):
+            saved = state.get(key)
+            if saved is None:
+                continue
+            if len(saved) != len(objs):
+                raise ValueError(
+                    f"the checkpoint has {len(saved)} {key}, this trainer {len(objs)}; build the "
+                    f"trainer with the same {key} to resume"
+                )
+            for obj, sd in zip(objs, saved):
+                if sd is not None and isinstance(obj, nn.Module):
+                    obj.load_state_dict(sd)
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write :meth:`state_dict` atomically to ``path`` (rank 0 only when distributed)."""
@@ -517,6 +550,29 @@ def _restore_rng(rng: Mapping[str, Any]) -> None:
     random.setstate(_py_rng_from_tensor(rng["python"]))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _module_state(obj: object) -> dict[str, Any] | None:
+    """The state dict (reference buffers, signs, masks) of a regularizer or constraint module."""
+    return dict(obj.state_dict()) if isinstance(obj, nn.Module) else None
+
+
+def _check_regularizers(
+    objective: Objective, trained: Mapping[str, Tensor], rule: LearningRule
+) -> None:
+    """A regularizer of parameters the rule does not train would silently do nothing: raise."""
+    ids = {id(p) for p in trained.values()}
+    for r in objective.regularizers:
+        if not isinstance(r, Regularizer):
+            continue
+        missing = [n for n, p in r.params.items() if id(p) not in ids]
+        if missing:
+            raise ValueError(
+                f"regularizer {r.name} acts on {missing}, which {type(rule).__name__} does not "
+                f"train (params={rule.params}), so its penalty would have no effect; regularize "
+                "the model's trained parameters (e.g. dict(model.named_parameters())) or widen "
+                "the rule's params"
+            )
 
 
 def _py_rng_to_tensor() -> dict[str, Tensor]:
