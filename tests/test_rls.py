@@ -259,6 +259,8 @@ def test_p_persists_across_sequences_and_survives_a_checkpoint(tmp_path):
     trainer.fit(batches[:2], epochs=1)
     assert isinstance(trainer.carry, RLSCarry) and trainer.carry.steps == 24
     path = trainer.save_checkpoint(tmp_path / "rls.pt")
+    saved = trainer.rule.carry_state_dict(trainer.carry)
+    snapshot = {k: P.clone() for k, P in saved["P"].items()}
 
     other = linear_model(seed=9)
     resumed = Trainer(other, RLS(delta=0.2, forgetting=0.99), Objective("mse"), optimizer=False)
@@ -269,6 +271,8 @@ def test_p_persists_across_sequences_and_survives_a_checkpoint(tmp_path):
         assert resumed.carry.P[key].device == model.module.weight.device
     trainer.fit(batches, epochs=2)
     resumed.fit(batches, epochs=2)
+    for key, P in saved["P"].items():  # P is updated in place; the saved copy is not
+        assert torch.equal(P, snapshot[key]) and not torch.equal(P, trainer.carry.P[key])
     for a, b in zip(model.parameters(), other.parameters()):
         assert torch.equal(a, b)
 

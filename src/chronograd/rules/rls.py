@@ -53,7 +53,7 @@ from chronograd._tree import detach
 from chronograd.cells.base import State, check_cell, param_like
 from chronograd.objectives import Objective
 from chronograd.rules.base import Carry, LearningRule, RuleStep
-from chronograd.rules.rls_core import format_bytes, initial_p, p_bytes, rls_steps
+from chronograd.rules.rls_core import format_bytes, initial_p, p_bytes, rls_steps_
 from chronograd.rules.rls_signals import (
     grad_loss,
     group_of,
@@ -78,7 +78,9 @@ class RLSCarry(NamedTuple):
     Attributes:
         P: ``{key: P}``: one ``(I, I)`` matrix per trained linear map (keyed by its weight's
             name), or one ``(n, n)`` matrix under ``"theta"`` for the jacobian strategies.
-            Persists across sequences and is saved in checkpoints.
+            Persists across sequences and is saved in checkpoints. Updated in place by each
+            update (a fresh ``I × I`` matrix per step would dominate FORCE's cost);
+            :meth:`RLS.carry_state_dict` returns copies.
         prev: the model's output at the previous step ``(B, O)`` (``outputs`` strategy; reset at
             each sequence).
         steps: number of RLS updates made so far.
@@ -242,7 +244,9 @@ class RLS(LearningRule):
     def carry_state_dict(self, carry: Carry) -> dict[str, Any] | None:
         if not isinstance(carry, RLSCarry):
             return None
-        return {"P": dict(carry.P), "steps": carry.steps, "strategy": self.strategy}
+        # copies: P is updated in place by later steps
+        P = {k: p.detach().clone() for k, p in carry.P.items()}
+        return {"P": P, "steps": carry.steps, "strategy": self.strategy}
 
     def load_carry_state_dict(self, model: nn.Module, state: dict[str, Any]) -> Carry:
         if not isinstance(state, dict) or "P" not in state:
@@ -257,7 +261,7 @@ class RLS(LearningRule):
         P = {}
         for key, p in state["P"].items():
             where = params[key].device if key in params else device
-            P[key] = p.to(where)
+            P[key] = p.to(where, copy=True)  # owned: RLS updates P in place
         return RLSCarry(P, None, int(state.get("steps", 0)))
 
     def _p(self, P: dict[str, Tensor], key: str, size: int, like: Tensor) -> Tensor:
@@ -333,8 +337,8 @@ class RLS(LearningRule):
                 if key not in rows:
                     continue
                 like = params[g.weight] if g.train_weight else params[g.bias]  # type: ignore[index]
-                p0 = self._p(P, key, g.size, like)
-                delta, P[key] = rls_steps(p0, rows[key], self.forgetting, self.batch_update)  # type: ignore[arg-type]
+                P[key] = self._p(P, key, g.size, like)
+                delta = rls_steps_(P[key], rows[key], self.forgetting, self.batch_update)  # type: ignore[arg-type]
                 updates.update(g.updates(delta, params))
             new = RLSCarry(P, prev, c.steps + 1)
         else:
@@ -346,10 +350,10 @@ class RLS(LearningRule):
             )[span.start : span.stop]
             rows_t = jacobian_rows(self.strategy, objective, trace.outputs, targets, weights, psi)
             like = next(iter(trained.values()))
-            p0 = self._p(c.P, _THETA, psi.shape[-1], like)
-            delta, p1 = rls_steps(p0, rows_t, self.forgetting, self.batch_update)  # type: ignore[arg-type]
+            p = self._p(c.P, _THETA, psi.shape[-1], like)
+            delta = rls_steps_(p, rows_t, self.forgetting, self.batch_update)  # type: ignore[arg-type]
             updates = _split(delta[0], trained)
-            new = RLSCarry({**c.P, _THETA: p1}, None, c.steps + 1)
+            new = RLSCarry({**c.P, _THETA: p}, None, c.steps + 1)
         outputs = trace.outputs.detach()
         loss = objective.loss(outputs, targets, start=span.start, total=span.total).detach()
         return RuleStep({}, detach(trace.state), new, loss, outputs, updates)

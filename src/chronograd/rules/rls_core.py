@@ -38,16 +38,20 @@ from torch import Tensor
 BatchUpdate = Literal["sequential", "woodbury"]
 
 
-def rls_steps(
+def rls_steps_(
     P: Tensor,
     steps: Sequence[tuple[Tensor, Tensor]],
     forgetting: float,
     batch_update: BatchUpdate = "sequential",
-) -> tuple[Tensor, Tensor]:
-    """Run the RLS recursion over consecutive update steps.
+) -> Tensor:
+    """Run the RLS recursion over consecutive update steps, updating ``P`` in place.
+
+    ``P`` is modified in place: at ``I = 1000`` (FORCE's size) a fresh ``I × I`` matrix per step
+    would cost more than the update itself. Both forms keep ``P`` symmetric by construction
+    (``P −= s sᵀ`` with ``s = √c k``; ``P −= G Gᵀ`` with ``G = P Φᵀ L⁻ᵀ``, ``L Lᵀ = S``).
 
     Args:
-        P: ``(I, I)`` inverse correlation matrix before the first step.
+        P: ``(I, I)`` inverse correlation matrix before the first step (updated in place).
         steps: for each step, ``(Φ, E)``: regressors ``(N, I)`` and a-priori errors ``(N, O)``,
             every error computed with the weights in force *before the first step* (the
             recursion brings them up to date itself). ``N`` may differ between steps.
@@ -55,47 +59,55 @@ def rls_steps(
         batch_update: ``"sequential"`` rank-1 updates or one ``"woodbury"`` update per step.
 
     Returns:
-        ``(ΔW, P)``: the change of ``W`` ``(O, I)`` over all steps, and the new ``P``.
+        ``ΔW``, the change of ``W`` over all steps, ``(O, I)``.
     """
     if not steps:
-        raise ValueError("rls_steps needs at least one step")
+        raise ValueError("rls_steps_ needs at least one step")
     out = steps[0][1].shape[-1]
     delta = torch.zeros(out, P.shape[0], device=P.device, dtype=P.dtype)
     for phi, err in steps:
         phi, err = phi.to(P.dtype), err.to(P.dtype)
         err = err + phi @ delta.T  # (N, O): errors with the weights updated so far
         if batch_update == "woodbury":
-            step, P = _woodbury(P, phi, err, forgetting)
+            delta += _woodbury_(P, phi, err, forgetting)
         else:
-            step, P = _sequential(P, phi, err, forgetting)
-        delta = delta + step
-        P = 0.5 * (P + P.T)  # keep P symmetric against rounding
-    return delta, P
+            delta += _sequential_(P, phi, err, forgetting)
+    return delta
 
 
-def _sequential(P: Tensor, phi: Tensor, err: Tensor, forgetting: float) -> tuple[Tensor, Tensor]:
-    """``N`` rank-1 updates; forgetting on the first. ``phi`` (N, I), ``err`` (N, O)."""
+def _sequential_(P: Tensor, phi: Tensor, err: Tensor, forgetting: float) -> Tensor:
+    """``N`` rank-1 updates of ``P`` in place, forgetting on the first; returns ``ΔW``.
+
+    ``phi`` (N, I), ``err`` (N, O).
+    """
     delta = torch.zeros(err.shape[1], phi.shape[1], device=P.device, dtype=P.dtype)
     for n in range(phi.shape[0]):
         lam = forgetting if n == 0 else 1.0
         x = phi[n]  # (I,)
         e = err[n] + delta @ x  # (O,)
         k = P @ x  # (I,)
-        c = 1.0 / (lam + x @ k)
-        delta = delta - c * torch.outer(e, k)
-        P = (P - c * torch.outer(k, k)) / lam
-    return delta, P
+        c = 1.0 / (lam + x @ k)  # c = 1 / (λ + φᵀ k) > 0
+        delta.addr_(e, c * k, alpha=-1.0)  # ΔW -= c e kᵀ
+        s = c.sqrt() * k
+        P.addr_(s, s, alpha=-1.0)  # P -= c k kᵀ, exactly symmetric
+        if lam != 1.0:
+            P /= lam
+    return delta
 
 
-def _woodbury(P: Tensor, phi: Tensor, err: Tensor, forgetting: float) -> tuple[Tensor, Tensor]:
-    """One rank-``N`` update. ``phi`` (N, I), ``err`` (N, O)."""
+def _woodbury_(P: Tensor, phi: Tensor, err: Tensor, forgetting: float) -> Tensor:
+    """One rank-``N`` update of ``P`` in place; returns ``ΔW``. ``phi`` (N, I), ``err`` (N, O)."""
     n = phi.shape[0]
     p_phi = P @ phi.T  # (I, N)
-    s = forgetting * torch.eye(n, device=P.device, dtype=P.dtype) + phi @ p_phi  # (N, N)
-    gain = torch.linalg.solve(s, p_phi.T).T  # (I, N) = P Φᵀ S⁻¹ (S symmetric)
-    delta = -err.T @ gain.T  # (O, I)
-    P = (P - gain @ p_phi.T) / forgetting
-    return delta, P
+    s = forgetting * torch.eye(n, device=P.device, dtype=P.dtype) + phi @ p_phi  # (N, N) = S
+    chol = torch.linalg.cholesky(s)  # S = L Lᵀ
+    g = torch.linalg.solve_triangular(chol, p_phi.T, upper=False).T  # (I, N) = P Φᵀ L⁻ᵀ
+    # K = P Φᵀ S⁻¹ = G L⁻¹, so ΔW = −Eᵀ Kᵀ = −Eᵀ L⁻ᵀ Gᵀ
+    e_scaled = torch.linalg.solve_triangular(chol, err, upper=False)  # (N, O) = L⁻¹ E
+    P.addmm_(g, g.T, alpha=-1.0)  # P -= K Φ P = G Gᵀ
+    if forgetting != 1.0:
+        P /= forgetting
+    return -e_scaled.T @ g.T  # (O, I)
 
 
 def initial_p(size: int, delta: float, *, device: torch.device, dtype: torch.dtype) -> Tensor:
