@@ -13,8 +13,11 @@ Per step ``t`` and sample ``b`` (mask weight ``m``, rows are scaled by ``√m``)
   rates of a recurrent weight), ``e = o_t − y*_t``; the weight is ``(O, O)``.
 * ``grad`` (Zhang et al.): ``φ`` = the layer's input, ``e = ∂L̃/∂y`` back-propagated through the
   chunk, ``L̃ = Σ m ½‖o − y*‖²`` for MSE (so a readout gets ``o − y*``), ``Σ m ℓ`` otherwise.
+  The mask enters through ``L̃`` only (a step's error may come from later steps), so rows are
+  not scaled: a masked step adds its ``φ`` to ``P`` with a zero error.
 * ``jacobian`` (extended Kalman / Gauss–Newton): one row per output unit ``j``:
-  ``ψ = ∂o_{t,b,j}/∂θ`` over the trained parameters, ``e = o_{t,b,j} − y*_{t,b,j}``.
+  ``ψ = ∂o_{t,b,j}/∂θ`` over the trained parameters, ``e = o_{t,b,j} − y*_{t,b,j}``; ``ψ``
+  includes the recurrence within the chunk (the state entering the chunk is held fixed).
 * ``scaled_jacobian`` (generalised Gauss–Newton): rows ``Lᵀ Ψ`` and errors ``L⁺ g`` with
   ``L Lᵀ = ∇²_o ℓ`` and ``g = ∇_o ℓ`` of the criterion, so any twice-differentiable loss
   (cross-entropy included) gets its curvature; for ``½‖o − y*‖²`` it is ``jacobian``.
