@@ -7,7 +7,7 @@ feedback loop stays closed while the weights converge, until the network generat
 its own. The script shows the untrained (chaotic) output, trains online, lets the network run
 freely, prints the normalised MSE ``mean((z − f)²) / var(f)`` of each phase and saves a plot.
 
-    python examples/force_sine.py --hidden 300 --train-steps 3000 --out force_sine.png
+    python examples/force_sine.py --hidden 300 --train-steps 3000 --out runs/force_sine.png
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def _plot(path, before, f_before, during, f_train, after, f_after, n, result) ->
     axes[0].legend(loc="upper right", fontsize=8)
     axes[-1].set_xlabel("step")
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -112,7 +113,7 @@ def main() -> None:
     p.add_argument("--test-steps", type=int, default=500)
     p.add_argument("--period", type=float, default=100.0, help="target period in steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="force_sine.png", help="where to save the plot")
+    p.add_argument("--out", default="runs/force_sine.png", help="where to save the plot")
     args = p.parse_args()
     result = force_sine(
         args.hidden, args.train_steps, args.test_steps, args.period, seed=args.seed, plot=args.out
