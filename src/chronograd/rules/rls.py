@@ -53,7 +53,7 @@ from chronograd._tree import detach
 from chronograd.cells.base import State, check_cell, param_like
 from chronograd.objectives import Objective
 from chronograd.rules.base import Carry, LearningRule, RuleStep
-from chronograd.rules.rls_core import format_bytes, initial_p, p_bytes, rls_steps_
+from chronograd.rules.rls_core import BatchUpdate, format_bytes, initial_p, p_bytes, rls_steps_
 from chronograd.rules.rls_signals import (
     grad_loss,
     group_of,
@@ -115,7 +115,7 @@ class RLS(LearningRule):
     delta: float = 1.0
     forgetting: float = 1.0
     every_k_steps: int | None = 1
-    batch_update: str = "sequential"
+    batch_update: BatchUpdate = "sequential"
     max_p_bytes: int = 2**30
     p_dtype: str | None = None
 
@@ -336,9 +336,9 @@ class RLS(LearningRule):
             for key, g in groups.items():
                 if key not in rows:
                     continue
-                like = params[g.weight] if g.train_weight else params[g.bias]  # type: ignore[index]
+                like = params[g.weight if g.train_weight or g.bias is None else g.bias]
                 P[key] = self._p(P, key, g.size, like)
-                delta = rls_steps_(P[key], rows[key], self.forgetting, self.batch_update)  # type: ignore[arg-type]
+                delta = rls_steps_(P[key], rows[key], self.forgetting, self.batch_update)
                 updates.update(g.updates(delta, params))
             new = RLSCarry(P, prev, c.steps + 1)
         else:
@@ -351,7 +351,7 @@ class RLS(LearningRule):
             rows_t = jacobian_rows(self.strategy, objective, trace.outputs, targets, weights, psi)
             like = next(iter(trained.values()))
             p = self._p(c.P, _THETA, psi.shape[-1], like)
-            delta = rls_steps_(p, rows_t, self.forgetting, self.batch_update)  # type: ignore[arg-type]
+            delta = rls_steps_(p, rows_t, self.forgetting, self.batch_update)
             updates = _split(delta[0], trained)
             new = RLSCarry({**c.P, _THETA: p}, None, c.steps + 1)
         outputs = trace.outputs.detach()
