@@ -45,7 +45,7 @@ def batches(epoch):
 # Options for rules whose defaults do not fit this small model; rules that update weights
 # directly (no optimizer) go in NO_OPTIMIZER. Rules that cannot train the model are skipped by
 # their own check_model. Every registered rule is tested below.
-RULE_OPTIONS: dict[str, dict] = {"tbptt": {"k1": 4}}
+RULE_OPTIONS: dict[str, dict] = {"tbptt": {"k1": 4}, "rls": {"strategy": "grad"}}
 NO_OPTIMIZER: set[str] = {"rls"}
 
 
