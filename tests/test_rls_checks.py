@@ -149,3 +149,8 @@ def test_objectives_rls_cannot_minimise_raise(objective, strategy, message):
     )
     with pytest.raises(ValueError, match=message):
         train(RLS(strategy=strategy), model, x, y, objective)
+
+
+def test_the_trainer_builds_no_optimizer_for_rls():
+    model = Stack(Map(torch.nn.Identity(), 3, 3), LeakyReadout(3, 2))
+    assert Trainer(model, RLS(), Objective("mse")).optimizer is None

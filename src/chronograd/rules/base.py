@@ -22,7 +22,7 @@ import abc
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -100,6 +100,10 @@ class LearningRule(abc.ABC):
         nan, posinf, neginf: replacement values for ``"replace"`` (``None``: the dtype's
             largest finite value, as ``torch.nan_to_num``).
     """
+
+    needs_optimizer: ClassVar[bool] = True
+    """False for rules that update weights themselves (``RuleStep.updates``, e.g. RLS): the
+    trainer then builds no optimizer by default."""
 
     params: tuple[str, ...] | None = None
     clip_grad_norm: float | None = None

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, final
+from typing import Any, ClassVar, NamedTuple, final
 
 import torch
 from torch import Tensor, nn
@@ -110,6 +110,8 @@ class RLS(LearningRule):
         (plus ``params`` and ``time_dim``/``prepare_batch``/``non_blocking``, see
         :class:`LearningRule`; gradient options do not apply and raise)
     """
+
+    needs_optimizer: ClassVar[bool] = False
 
     strategy: str = "inputs"
     delta: float = 1.0

@@ -104,8 +104,9 @@ class Trainer:
         rule: a :class:`~chronograd.rules.LearningRule`.
         objective: what to minimise.
         optimizer: a ``torch.optim`` optimizer, a factory ``params -> optimizer``, or ``None``
-            for Adam with ``lr`` over the rule's trained parameters. Rules that update weights
-            directly (RLS) need none: pass ``optimizer=False``.
+            for Adam with ``lr`` over the rule's trained parameters (none for rules with
+            ``needs_optimizer = False``, which update weights themselves, e.g. RLS).
+            ``optimizer=False``: no optimizer.
         lr: learning rate of the default optimizer.
         scheduler: an LR scheduler or a factory ``optimizer -> scheduler``, stepped once per
             epoch (``ReduceLROnPlateau`` receives ``val_loss``, or the train loss without val).
@@ -173,8 +174,10 @@ class Trainer:
         for m in (*objective.regularizers, *self.constraints):
             if isinstance(m, nn.Module):
                 m.to(self.device)
-        if optimizer is None or optimizer is True:
-            self.optimizer: torch.optim.Optimizer | None = torch.optim.Adam(trained, lr=lr)
+        if optimizer is None and not rule.needs_optimizer:
+            self.optimizer: torch.optim.Optimizer | None = None
+        elif optimizer is None or optimizer is True:
+            self.optimizer = torch.optim.Adam(trained, lr=lr)
         elif optimizer is False:
             self.optimizer = None
         elif isinstance(optimizer, torch.optim.Optimizer):
