@@ -2,9 +2,10 @@
 
 Each measurement runs ``module:function(**kwargs)`` in its own Python process, so the peak of
 one configuration cannot hide behind an earlier, larger one. On CUDA the figure is
-``torch.cuda.max_memory_allocated``; on the CPU it is the growth of the process's peak resident
-set during the call (``ru_maxrss``) above what the process held before it (imports, inputs
-built by ``setup``); there is no warm-up call on the CPU, since it would raise the peak first.
+``torch.cuda.max_memory_allocated``; on the CPU it is the peak resident set during the call
+above the resident set just before it (imports and inputs built by ``setup`` excluded): on
+Linux the kernel's high-water mark is reset before the call (``/proc/self/clear_refs``), so an
+earlier, larger peak (imports) cannot hide it. There is no warm-up call on the CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +17,26 @@ import sys
 from typing import Any
 
 _CHILD = r"""
-import importlib, json, resource, sys, torch
+import gc, importlib, json, resource, sys, torch
+
+def status(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: reset the resident high-water mark (VmHWM) to the current RSS
+        return True
+    except OSError:
+        return False
+
 spec = json.loads(sys.argv[1])
 mod, _, fn = spec["target"].partition(":")
 target = getattr(importlib.import_module(mod), fn)
@@ -29,9 +49,15 @@ if dev.type == "cuda":
     run(); torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
 else:
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    gc.collect()
+    base = status("VmRSS")
+    if base is not None and reset_peak():
+        run()
+        peak = status("VmHWM") - base
+    else:  # no /proc: the lifetime peak, which hides a call smaller than the import peak
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        run()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 print(json.dumps({"peak_bytes": int(peak)}))
 """
 

@@ -18,6 +18,7 @@ from chronograd.rules.base import (
 from chronograd.rules.bptt import BPTT
 from chronograd.rules.fptt import FPTT, fptt_load_average
 from chronograd.rules.ottt import OTTT
+from chronograd.rules.rls import RLS
 from chronograd.rules.run import SequenceResult, apply_to_model, gradient, run_sequence
 from chronograd.rules.sltt import SLTT
 from chronograd.rules.tbptt import TBPTT
@@ -28,6 +29,7 @@ RULES: dict[str, Callable[..., LearningRule]] = {
     "ottt": OTTT,
     "sltt": SLTT,
     "fptt": FPTT,
+    "rls": RLS,
 }
 
 
@@ -50,6 +52,7 @@ __all__ = [
     "BPTT",
     "FPTT",
     "OTTT",
+    "RLS",
     "RULES",
     "SLTT",
     "TBPTT",
