@@ -195,6 +195,10 @@ class FPTT(LearningRule):
             outs, _ = unroll(model, p.xs, p.state)  # W_{t+1} from h_{t-1}
             loss = p.objective.loss(outs, p.targets, start=p.span.start, total=p.span.total)
             g: Grads = grads_of(loss, dict(live), p.objective)
+            # data-parallel training: average over ranks, as the trainer does for RuleStep.grads
+            from chronograd.training.distributed import reduce_gradients
+
+            g = reduce_gradients(g, float(p.xs.shape[1]))
             with torch.no_grad():
                 lam = {n: cc * g[n] for n in live}
         else:
