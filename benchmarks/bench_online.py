@@ -17,6 +17,7 @@ dominated by thread contention otherwise).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -99,6 +100,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    if dev.type == "cpu":
+        # The CPU figure is the peak resident set of the measuring process. glibc's dynamic
+        # mmap threshold otherwise keeps freed per-step buffers resident (in the heap), so the
+        # resident set of every rule would grow with T whatever its live tensors; a fixed
+        # threshold returns large blocks to the system when freed. Read by the child processes.
+        os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "16384")
+        os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
     sizes = [int(s) for s in args.sizes.split(",")]
     steps = [int(s) for s in args.steps.split(",")]
     names = list(RULES)
