@@ -59,8 +59,11 @@ def _finite(grads: Grads | None) -> list[str]:
     if not grads:
         return []
     names = list(grads)
-    ok = torch.stack([torch.isfinite(grads[n]).all() for n in names]).tolist()
-    return [n for n, good in zip(names, ok) if not good]
+    # a sum is finite iff every element is, barring overflow (the exact check tells it apart):
+    # one pass per tensor and no tensor-sized temporary, on every update of online rules
+    ok = torch.stack([torch.isfinite(grads[n].sum()) for n in names]).tolist()
+    suspects = [n for n, good in zip(names, ok) if not good]
+    return [n for n in suspects if not bool(torch.isfinite(grads[n]).all())]
 
 
 def _sanitize(rule: LearningRule, step: RuleStep, span: Span) -> tuple[RuleStep, str]:
