@@ -200,8 +200,10 @@ def test_digits_encodings(encoding, shape):
     x, y = next(task.val())
     assert (x.shape[0], x.shape[2]) == shape and y.shape == x.shape[:2]
     assert task.spiking == (encoding == "spikes")
-    if encoding == "spikes":
+    if encoding == "spikes":  # drawn per batch from the batch's seed
         assert set(x.unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(next(task.val())[0], x)
+        assert not torch.equal(next(task.train(1))[0], next(task.train(2))[0])
     else:
         assert x.min() >= 0 and x.max() <= 1
 

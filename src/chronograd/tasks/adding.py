@@ -61,7 +61,7 @@ def adding(
 
     return Task(
         name="adding",
-        description=f"Adding problem, T={T} (Hochreiter & Schmidhuber 1997; Kag & Saligrama 2021, FPTT)",
+        description=f"Adding problem, T={T} (Hochreiter & Schmidhuber 1997; Kag & Saligrama 2021)",
         input_size=2,
         output_size=1,
         seq_len=T,

@@ -94,14 +94,14 @@ class ArrayData:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """One pass over ``split``: the training split in a permutation seeded by
         ``(seed, epoch)``, the validation split in order; the last batch may be smaller."""
+        code = 0 if split == "train" else 1
         if split == "train":
-            g = torch.Generator().manual_seed(_seed(seed, 0, epoch))
+            g = torch.Generator().manual_seed(_seed(seed, code, epoch))
             order = self.train_idx[torch.randperm(len(self.train_idx), generator=g)]
         else:
             order = self.val_idx
         for i, start in enumerate(range(0, len(order), batch_size)):
-            code = 0 if split == "train" else 1
-            g = torch.Generator().manual_seed(_seed(seed, code, epoch, i, 1))
+            g = torch.Generator().manual_seed(_seed(seed, code, epoch, i, 1))  # spike encodings
             yield self.get(order[start : start + batch_size], g)
 
     def sample(self, batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:

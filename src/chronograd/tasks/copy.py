@@ -16,8 +16,8 @@ grows by one whenever the epoch's bits per character falls below ``threshold`` =
 curriculum KF-RTRL (Mujika et al. 2018) and SnAp (Menick et al. 2021) use; ``task.curriculum``
 holds the state, :meth:`~chronograd.tasks.base.Task.attach` connects it to a trainer, and the
 history records ``curriculum_length`` and ``longest_solved``. Published outcome: the number
-reported is the length reached within a fixed training budget; SnAp reaches longer lengths
-than UORO at a comparable cost and approaches exact RTRL (Menick et al. 2021).
+reported is the length reached within a fixed training budget, on which SnAp outperforms
+UORO at a comparable cost (Menick et al. 2021).
 
 Fixed mode (the default, the fast variant): every trial has ``L = length`` (default 8).
 """

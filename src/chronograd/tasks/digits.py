@@ -12,10 +12,10 @@ a seeded permutation (``split_seed``; 20% validation). Pixels are scaled to [0, 
 
 Loss: cross-entropy of the logits at the last ``last`` steps (default 1). Metric: accuracy of
 the arg-max of the logits averaged over those steps; chance is the validation accuracy of the
-best constant answer, the share of the most frequent validation class (about 0.1). Published outcome: these are
-small stand-ins for sequential MNIST (Le et al. 2015), on which BPTT-trained LSNNs approach the
-accuracy of LSTMs (Bellec et al. 2018); here a small GRU reads the rows to over 90% in a few
-epochs.
+best constant answer, the share of the most frequent validation class (about 0.1). Published
+outcome: these are small stand-ins for sequential MNIST (Le et al. 2015), on which BPTT-trained
+LSNNs approach the accuracy of LSTMs (Bellec et al. 2018); here a small GRU reads the rows to
+over 90% in a few epochs.
 
 scikit-learn is imported when the task is built; install it with ``pip install
 'chronograd[data]'``.
@@ -57,7 +57,7 @@ def spike_encode(px: Tensor, g: torch.Generator, *, steps: int, max_rate: float)
 
 
 def majority_chance(y: Tensor, val_idx: Tensor) -> float:
-    """The best constant answer's validation accuracy: the most frequent validation class's share."""
+    """The best constant answer's validation accuracy (the top validation class's share)."""
     return float(torch.bincount(y[val_idx]).max()) / len(val_idx)
 
 
@@ -84,7 +84,8 @@ def digits(
     positive_int("batch_size", batch_size)
     if not 0 < max_rate <= 1:
         raise ValueError(
-            f"max_rate (spike probability per step at full intensity) must lie in (0, 1], got {max_rate}"
+            "max_rate (spike probability per step at full intensity) must lie in (0, 1], got "
+            f"{max_rate}"
         )
     images, labels = load()
     train_idx, val_idx = split_indices(len(labels), val_fraction, split_seed)

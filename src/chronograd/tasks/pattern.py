@@ -1,4 +1,4 @@
-"""Pattern generation (Bellec et al. 2020, e-prop, Fig. 2 / the reference code's first tutorial).
+"""Pattern generation (Bellec et al. 2020, e-prop; the reference code's first tutorial).
 
 A recurrent network receives the same *frozen* Poisson input on every trial and must produce a
 fixed target signal at its (leaky) outputs: a regression task that needs no working memory.
@@ -16,8 +16,8 @@ As in the reference implementation (IGITUGraz/eligibility_propagation,
 
 Loss: mean squared error at every step. Metric: normalised MSE, ``MSE / Var_t(y*)`` per output
 (averaged over outputs); predicting the target's mean scores exactly 1 (the chance level).
-Published outcome: e-prop fits the pattern closely, approaching BPTT (the paper's Fig. 2 plots
-the learnt output on top of the target); the reference tutorial trains 100 LIF neurons
+Published outcome: on this regression task e-prop brings the output close to the target, with
+an error approaching BPTT's (Bellec et al. 2020); the reference tutorial trains 100 LIF neurons
 (``τ_m = 30`` ms, readout ``τ_out = 30`` ms) for 2000 iterations.
 
 ``time_scale = s`` shortens the sequence to ``round(1000 s)`` steps (same whole numbers of
@@ -110,7 +110,7 @@ def pattern(
 
     return Task(
         name="pattern",
-        description="Pattern generation, frozen Poisson input, sum of sines (Bellec et al. 2020, e-prop)",
+        description="Pattern generation, frozen Poisson input (Bellec et al. 2020, e-prop)",
         input_size=inputs,
         output_size=outputs,
         seq_len=T,
