@@ -1,4 +1,4 @@
-"""Command line: ``chronograd train``, ``chronograd tasks``.
+"""Command line: ``chronograd train``, ``tasks``, ``compare``, ``bench``, ``raster``.
 
 Errors print one line and exit with status 2 (1 for an unexpected failure); ``--debug`` shows
 the traceback.
@@ -147,6 +147,18 @@ def list_tasks(args: argparse.Namespace) -> int:
             f"{name:24s} T={t.seq_len:<6d} in={t.input_size:<4d} out={t.output_size:<3d} {t.description}"
         )
     return 0
+
+
+# -- compare, bench, raster (implemented in chronograd.comparison.commands) ---------------------
+def _register_comparison() -> None:
+    from chronograd.comparison import commands as c
+
+    command("compare", c.compare_args)(c.compare_command)
+    command("bench", c.bench_args)(c.bench_command)
+    command("raster", c.raster_args)(c.raster_command)
+
+
+_register_comparison()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,15 @@
 """Peak memory of one call, measured in a fresh process.
 
 Each measurement runs ``module:function(**kwargs)`` in its own Python process, so the peak of
-one configuration cannot hide behind an earlier, larger one. On CUDA the figure is
-``torch.cuda.max_memory_allocated``; on the CPU it is the growth of the process's peak resident
-set during the call (``ru_maxrss``) above what the process held before it (imports, inputs
-built by ``setup``); there is no warm-up call on the CPU, since it would raise the peak first.
+one configuration cannot hide behind an earlier, larger one. One warm-up call runs first (lazy
+initialisation, allocator pools, optimizer state). On CUDA the figure is then
+``torch.cuda.max_memory_allocated`` above what was allocated before the measured call. On Linux
+CPUs it is the peak resident set during the call above the resident set before it: the heap's
+free memory is returned to the system (``malloc_trim``) and the high-water mark reset
+(``/proc/self/clear_refs``) just before the call, so memory freed by ``setup`` or by the
+warm-up cannot absorb the call's allocations. Elsewhere on the CPU (no ``clear_refs``) it is
+the growth of ``ru_maxrss`` during a call made without warm-up, which misses allocations that
+fit under an earlier peak (small configurations can read 0).
 """
 
 from __future__ import annotations
@@ -29,9 +34,31 @@ if dev.type == "cuda":
     run(); torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
 else:
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    def status(key):                    # bytes, from /proc/self/status (Linux)
+        with open("/proc/self/status") as f:
+            return int(next(l for l in f if l.startswith(key + ":")).split()[1]) * 1024
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                # resets the peak resident set (VmHWM) to the current one
+        precise = True
+    except OSError:
+        precise = False
+    if precise:
+        run()                           # warm-up
+        try:
+            import ctypes
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = status("VmRSS")
+        run()
+        peak = status("VmHWM") - base
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        run()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 print(json.dumps({"peak_bytes": int(peak)}))
 """
 
@@ -47,7 +74,8 @@ def peak_memory(
 
     Args:
         target: ``"package.module:setup"``; ``setup(**kwargs)`` builds everything and returns a
-            zero-argument callable, which is measured once (after one warm-up call on CUDA).
+            zero-argument callable, which is measured once (after one warm-up call, except on
+            CPUs without ``/proc/self/clear_refs``).
         kwargs: JSON-serialisable arguments for ``setup``.
         device: ``"cpu"`` or a CUDA device.
     """
