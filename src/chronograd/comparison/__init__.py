@@ -6,8 +6,8 @@ New rules plug in through the registry (:data:`chronograd.rules.RULES`) and
 options of a rule in a comparison (one line per rule).
 """
 
-from chronograd.comparison.bench import bench
 from chronograd.comparison.common import RULE_DEFAULTS
-from chronograd.comparison.compare import compare
+from chronograd.comparison.scaling import bench
+from chronograd.comparison.side_by_side import compare
 
 __all__ = ["RULE_DEFAULTS", "bench", "compare"]

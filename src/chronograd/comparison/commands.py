@@ -83,7 +83,7 @@ def compare_args(p: argparse.ArgumentParser) -> None:
 
 def compare_command(args: argparse.Namespace) -> int:
     from chronograd.comparison.common import rule_options
-    from chronograd.comparison.compare import compare, table
+    from chronograd.comparison.side_by_side import compare, table
 
     doc = compare(
         args.task, args.rules, cell=args.cell, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
@@ -141,8 +141,8 @@ def bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from chronograd.comparison.bench import bench, table
     from chronograd.comparison.common import rule_options
+    from chronograd.comparison.scaling import bench, table
 
     cap = None if args.max_memory_gb is None else int(args.max_memory_gb * 2**30)
     doc = bench(

@@ -51,7 +51,6 @@ JSON schema (``bench.json``; ``null`` wherever a value is undefined or not finit
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -62,8 +61,7 @@ from typing import Any
 
 import torch
 
-from chronograd.bench import bandwidth_gbs, matmul_gflops, median_ms, peak_memory, sync
-from chronograd.bench.work import count_work
+from chronograd.bench import bandwidth_gbs, count_work, matmul_gflops, median_ms, peak_memory, sync
 from chronograd.comparison.common import (
     build_rule,
     candidate,
@@ -131,6 +129,7 @@ def bench(
     max_seconds: float = 60.0,
     max_memory_bytes: int | None = None,
     rule_options: Mapping[str, Mapping[str, Any]] | None = None,
+    floors: Mapping[str, float] | None = None,
     out: str | Path | None = None,
     command: str | None = None,
     log: Log = print,
@@ -149,6 +148,8 @@ def bench(
         max_memory_bytes: skip a point predicted to need more (default: half the RAM, or 80%
             of the GPU's memory).
         rule_options: ``{rule: {option: value}}`` on top of the comparison defaults.
+        floors: ``{"bandwidth_gbs": ..., "matmul_gflops": ...}`` measured earlier on the same
+            device (default: measured now).
         out: directory for ``bench.json``, ``bench.md``, ``scaling_T.png``, ``scaling_N.png``.
     """
     names = split_names(rules)
@@ -163,8 +164,10 @@ def bench(
     cap = max_memory_bytes or default_max_memory(dev)
     opts = {k.lower(): dict(v) for k, v in (rule_options or {}).items()}
 
-    log(f"[bench] measuring the machine's floors on {dev} ...")
-    floors = {"bandwidth_gbs": bandwidth_gbs(dev), "matmul_gflops": matmul_gflops(dev)}
+    if floors is None:
+        log(f"[bench] measuring the machine's floors on {dev} ...")
+        floors = {"bandwidth_gbs": bandwidth_gbs(dev), "matmul_gflops": matmul_gflops(dev)}
+    floors = {k: float(floors[k]) for k in ("bandwidth_gbs", "matmul_gflops")}
     log(
         f"[bench] bandwidth {floors['bandwidth_gbs']:.1f} GB/s, matmul {floors['matmul_gflops']:.1f} GFLOP/s"
     )
@@ -303,8 +306,6 @@ def _measure(
         )
         log(f"{where}: failed: {p['reason']}")
         return p
-    finally:
-        gc.collect()
     sec = ms * 1e-3
     p.update(
         ms_per_step=ms / t, flops=flops, bytes=nbytes, gflops=flops / sec / 1e9,
