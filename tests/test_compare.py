@@ -145,7 +145,8 @@ def test_compare_end_to_end_reports_every_rule_and_documents_every_field(tmp_pat
     assert [r["rule"] for r in rows] == list(by)
     assert "not available" in rows[2]["reason"]
     table = (out / "compare.md").read_text()
-    assert "| tbptt |" in table and "no-such-rule: skipped" in table
+    assert "| tbptt |" in table and "| not-for-this | skipped |" in table
+    assert "not available in this installation: no-such-rule" in table
     for png in ("learning_curves.png", "alignment.png", "raster_bptt.png", "raster_tbptt.png"):
         assert (out / png).stat().st_size > 1000
     assert "--rule-opt tbptt.k1=45" in doc["command"]
@@ -202,11 +203,29 @@ def test_bad_arguments_are_one_line_errors(capsys):
 
 def test_update_alignment_points_against_the_gradient():
     g = {"w": torch.tensor([1.0, 2.0])}
-    al = compare_mod._update_alignment({"w": torch.tensor([-0.1, -0.2])}, g)
-    assert al["all"].cosine == pytest.approx(1.0)
+    al = compare_mod.alignments({"w": torch.tensor([-0.1, -0.2])}, g, update=True)
+    assert al["all"]["cosine"] == pytest.approx(1.0) and al["all"]["rel_error"] is None
     assert compare_mod._is_direct({"w": torch.zeros(2)}, {"w": torch.ones(2)})
     assert not compare_mod._is_direct({"w": torch.ones(2)}, {"w": torch.ones(2)})
     assert not compare_mod._is_direct({"w": torch.zeros(2)}, None)
+    with pytest.raises(ValueError, match="neither"):
+        compare_mod.alignments({}, g)
+
+
+def test_alignment_is_the_public_gradient_alignment():
+    from chronograd.comparison.common import make_task, model_for_task
+    from chronograd.testing import gradient_alignment
+
+    doc = compare("evidence", "tbptt", **{**API, "epochs": 1, "batches": 1})
+    reported = doc["rules"][0]["alignment"]["init"]
+    task = make_task("evidence", options=API["task_options"])
+    model = model_for_task(task, None, 8, 0)
+    xs, ys = task.batch(4, seed=0)
+    expected = gradient_alignment(rules.get("tbptt", k1=5), model, xs, ys, task.objective)
+    assert doc["rules"][0]["options"] == {"k1": 5}  # RULE_DEFAULTS: ceil(T / 10)
+    assert reported["all"]["cosine"] == pytest.approx(expected["all"].cosine, rel=1e-6)
+    assert reported["all"]["rel_error"] == pytest.approx(expected["all"].rel_error, rel=1e-5)
+    assert reported["all"]["rel_error"] > 1e-3  # truncation loses part of the gradient
 
 
 def test_raster_command_from_a_run_directory(tmp_path):

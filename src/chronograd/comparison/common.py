@@ -38,6 +38,9 @@ RULE_DEFAULTS: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 
 
+NOT_INSTALLED = "not available in this installation"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A requested rule: built and applicable (``rule`` set) or skipped (``reason`` set).
@@ -109,8 +112,7 @@ def candidate(
     opts = options_for(name, steps, options)
     if name not in rules_mod.RULES:
         return Candidate(
-            name, opts, reason="not available in this installation (registered: "
-            f"{', '.join(sorted(rules_mod.RULES))})",
+            name, opts, reason=f"{NOT_INSTALLED} (registered: {', '.join(sorted(rules_mod.RULES))})",
         )  # fmt: skip
     try:
         rule = rules_mod.get(name, **opts)

@@ -39,7 +39,9 @@ JSON schema (``compare.json``; ``null`` wherever a value is undefined or not fin
                         gradient have different scales);
                         init / end: {"all": {"cosine", "rel_error"}, "params": {name: {...}}}
                         vs the BPTT gradient of the same model on the alignment batch, before
-                        training and after it (cosine 1 and rel_error 0 mean identical)
+                        training and after it (cosine 1 and rel_error 0 mean identical); the
+                        rule runs with the carry training starts from / ended with, so
+                        persistent parts (random feedback, RLS's P) are the trained ones
       ms_per_step       median over training batches of (batch wall time / T), in ms
       seconds           wall time of the whole training run
       peak_memory_bytes peak memory of one training batch, in a fresh process
@@ -64,6 +66,7 @@ from torch import Tensor, nn
 
 from chronograd.bench import peak_memory, sync
 from chronograd.comparison.common import (
+    NOT_INSTALLED,
     candidate,
     fmt,
     json_safe,
@@ -74,7 +77,7 @@ from chronograd.comparison.common import (
 )
 from chronograd.objectives import Objective
 from chronograd.rules import BPTT, LearningRule, gradient, run_sequence
-from chronograd.testing import Alignment, alignment, gradient_alignment
+from chronograd.testing import Alignment, alignment
 from chronograd.training import Event, Trainer
 
 TIMING = "median over training batches of the batch's wall time divided by T (ms per time step)"
@@ -86,24 +89,32 @@ MEMORY = (
 Log = Callable[[str], None]
 
 
-def _as_dict(al: Mapping[str, Alignment], direction: str) -> dict[str, Any]:
-    def one(a: Alignment) -> dict[str, float | None]:
-        return {"cosine": a.cosine, "rel_error": a.rel_error if direction == "gradient" else None}
+def alignments(
+    direction: Mapping[str, Tensor], reference: Mapping[str, Tensor], *, update: bool = False
+) -> dict[str, Any]:
+    """``{"all": {...}, "params": {name: {...}}}`` of ``direction`` vs the BPTT ``reference``.
 
-    return {"all": one(al["all"]), "params": {n: one(a) for n, a in al.items() if n != "all"}}
-
-
-def _update_alignment(
-    updates: Mapping[str, Tensor], reference: Mapping[str, Tensor]
-) -> dict[str, Alignment]:
-    """Alignment of ``-update`` with the BPTT gradient (a descent step points along ``-g``)."""
-    names = [n for n in updates if n in reference]
-    out = {n: alignment(-updates[n], reference[n]) for n in names}
-    out["all"] = alignment(
-        torch.cat([-updates[n].flatten() for n in names]),
+    Each entry is ``{"cosine", "rel_error"}`` from :func:`chronograd.testing.alignment` (the
+    measure of :func:`~chronograd.testing.gradient_alignment`); ``"all"`` concatenates every
+    parameter. ``update=True``: ``direction`` is a direct update, compared as ``-update`` (a
+    descent step points along ``-g``), without a relative error (a step is not a gradient).
+    """
+    names = [n for n in direction if n in reference]
+    if not names:
+        raise ValueError(
+            "the rule produced neither a gradient nor an update for any parameter BPTT trains"
+        )
+    sign = -1.0 if update else 1.0
+    per = {n: alignment(sign * direction[n], reference[n]) for n in names}
+    every = alignment(
+        torch.cat([sign * direction[n].flatten() for n in names]),
         torch.cat([reference[n].flatten() for n in names]),
     )
-    return out
+
+    def one(a: Alignment) -> dict[str, float | None]:
+        return {"cosine": a.cosine, "rel_error": None if update else a.rel_error}
+
+    return {"all": one(every), "params": {n: one(a) for n, a in per.items()}}
 
 
 def _is_direct(grads: Mapping[str, Tensor], updates: Mapping[str, Tensor] | None) -> bool:
@@ -122,7 +133,12 @@ def _entry(name: str, options: dict[str, Any], status: str, reason: str | None) 
 
 
 class _Aligner:
-    """Alignment of a rule with BPTT on one fixed batch (reference gradients cached at init)."""
+    """Alignment of a rule with BPTT on one fixed batch (reference gradients cached at init).
+
+    The rule runs with a copy of a given carry, so the parts of it that persist across
+    sequences (random feedback, RLS's ``P``) are the ones training uses (at init) or produced
+    (at the end), not fresh draws.
+    """
 
     def __init__(self, xs: Tensor, ys: Any, objective: Objective) -> None:
         self.xs, self.ys, self.objective = xs, ys, objective
@@ -137,16 +153,19 @@ class _Aligner:
         return ref
 
     def __call__(
-        self, rule: LearningRule, model: nn.Module, direct: bool, *, at_init: bool,
-        updates: Mapping[str, Tensor] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+        self, rule: LearningRule, model: nn.Module, carry: Any, *, at_init: bool
+    ) -> tuple[dict[str, Any], bool, float]:
+        """``(alignment entry, rule applies direct updates, seconds of the rule's run)``."""
+        start = time.perf_counter()
+        res = run_sequence(
+            rule, model, self.xs, self.ys, self.objective, carry=copy.deepcopy(carry)
+        )
+        sync(self.xs.device)
+        seconds = time.perf_counter() - start
+        direct = _is_direct(res.grads, res.updates)
         ref = self.reference(rule, model, cached=at_init)
-        if direct:
-            if updates is None:
-                updates = run_sequence(rule, model, self.xs, self.ys, self.objective).updates
-            return _as_dict(_update_alignment(updates or {}, ref), "update")
-        al = gradient_alignment(rule, model, self.xs, self.ys, self.objective, reference=ref)
-        return _as_dict(al, "gradient")
+        al = alignments((res.updates or {}) if direct else res.grads, ref, update=direct)
+        return al, direct, seconds
 
 
 def compare(
@@ -285,12 +304,9 @@ def _run_rule(
     model = copy.deepcopy(model0)
     T = task.seq_len
     try:  # first use: one pass over the alignment batch, nothing applied
-        t0 = time.perf_counter()
-        probe = run_sequence(rule, model, aligner.xs, aligner.ys, task.objective)
-        sync(device)
-        probe_s = time.perf_counter() - t0
-        direct = _is_direct(probe.grads, probe.updates)
-        align_init = aligner(rule, model, direct, at_init=True, updates=probe.updates)
+        state = model.init_state(aligner.xs.shape[1], device=device, dtype=aligner.xs.dtype)  # type: ignore[operator]
+        carry0 = rule.init(model, state)
+        align_init, direct, probe_s = aligner(rule, model, carry0, at_init=True)
     except (TypeError, ValueError) as e:
         log(f"[compare] {name}: skipped: fails on first use: {e}")
         return _entry(name, options, "skipped", f"fails on first use: {type(e).__name__}: {e}")
@@ -306,6 +322,7 @@ def _run_rule(
         model, rule, task.objective, optimizer=False if direct else None, lr=lr,
         metrics={task.metric.name: task.metric}, device=device,
     )  # fmt: skip
+    trainer.carry = carry0  # the persistent parts the initial alignment used
     batch_ms: list[float] = []
     started: list[float] = []
 
@@ -342,7 +359,7 @@ def _run_rule(
         alignment={
             "direction": "update" if direct else "gradient",
             "init": align_init,
-            "end": aligner(rule, model, direct, at_init=False),
+            "end": aligner(rule, model, trainer.carry, at_init=False)[0],
         },
         ms_per_step=statistics.median(timed) / T,
         seconds=seconds,
@@ -420,14 +437,18 @@ def rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def table(doc: Mapping[str, Any]) -> str:
-    """The comparison as a Markdown table, with skipped rules and their reasons below it."""
+    """The comparison as a Markdown table; skipped rules and their reasons are listed below it
+    (rules that are not installed, in one line)."""
     metric = doc["metric"]["name"]
     lines = [
         f"| rule | val {metric} | cos init | rel err init | cos end | rel err end | ms/step | peak MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    notes = []
+    notes, missing = [], []
     for r in rows(doc):
+        if r["status"] != "ok" and str(r["reason"]).startswith(NOT_INSTALLED):
+            missing.append(r["rule"])
+            continue
         if r["status"] != "ok":
             lines.append(f"| {r['rule']} | {r['status']} | - | - | - | - | - | - |")
             notes.append(f"- {r['rule']}: {r['status']}: {r['reason']}")
@@ -436,10 +457,12 @@ def table(doc: Mapping[str, Any]) -> str:
         lines.append(
             f"| {r['rule']} | {fmt(r['final_metric'], '.3f')} | {fmt(r['cosine_init'])} | "
             f"{fmt(r['rel_error_init'])} | {fmt(r['cosine_end'])} | {fmt(r['rel_error_end'])} | "
-            f"{fmt(r['ms_per_step'], '.3f')} | {fmt(mib, '.0f') if mib is not None else '-'} |"
+            f"{fmt(r['ms_per_step'], '.3f')} | {fmt(mib, '.1f')} |"
         )
         if r["reason"]:
             notes.append(f"- {r['rule']}: memory not measured: {r['reason']}")
+    if missing:
+        notes.append(f"- {NOT_INSTALLED}: {', '.join(missing)}")
     chance = doc["metric"]["chance"]
     return "\n".join(lines + (["", *notes] if notes else []) + [f"\n(chance {metric}: {chance})"])
 

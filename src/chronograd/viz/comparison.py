@@ -49,6 +49,8 @@ def learning_curves(
         curves: ``{label: history records}``; a record is ``{"epoch": e, "loss": ...,
             "val_loss": ..., "val_<metric>": ...}`` (``History.records``).
         metric: also plot ``val_<metric>`` (or ``<metric>`` without validation) per epoch.
+            Each panel shows the validation value when the records have one, else the
+            training value (the axis label says which).
         chance: draw the metric's chance level.
     """
     if not curves:
@@ -56,8 +58,10 @@ def learning_curves(
     panels = ["loss"] + ([metric] if metric else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     for ax, panel in zip(axes[0], panels):
+        split = "training"
         for i, (label, records) in enumerate(curves.items()):
             key = f"val_{panel}" if any(f"val_{panel}" in r for r in records) else panel
+            split = "validation" if key.startswith("val_") else split
             pts = [(r["epoch"], r[key]) for r in records if _finite(r.get(key))]
             if pts:
                 xs, ys = zip(*pts)
@@ -65,7 +69,7 @@ def learning_curves(
         if panel == metric and chance is not None:
             ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(("validation " if panel == metric else "") + panel)
+        ax.set_ylabel(f"{split} {panel}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path, title)
