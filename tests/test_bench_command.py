@@ -106,3 +106,15 @@ def test_bench_rejects_bad_sizes():
         bench("lif", "bptt", hidden="8,x", steps="5", **QUIET)
     with pytest.raises(ValueError, match="steps"):
         bench("lif", "bptt", hidden="8", steps="0", **QUIET)
+
+
+def test_time_prediction_separates_the_per_call_overhead(monkeypatch):
+    # a call over k steps "takes" 10 ms + 1 ms per step
+    monkeypatch.setattr(scaling, "_seconds", lambda fn, device: 0.010 + 0.001 * fn())
+    call = lambda k: lambda: k  # noqa: E731
+    cpu = torch.device("cpu")
+    assert scaling._predict_seconds(call, 10_000, cpu) == pytest.approx(0.010 + 10.0)
+    assert scaling._predict_seconds(call, 3, cpu) == pytest.approx(0.013)
+    # a probe over 64 steps would exceed the probe budget: scale the short probe (overestimate)
+    monkeypatch.setattr(scaling, "_seconds", lambda fn, device: 1.0 * fn())
+    assert scaling._predict_seconds(call, 1000, cpu) == pytest.approx(1000.0)

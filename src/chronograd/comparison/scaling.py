@@ -16,11 +16,12 @@ Each rule's cost is measured on a one-layer network of the given cell with a rea
   A matmul-bound rule (BPTT at large ``N``) is judged by the first, a memory-bound one (trace
   updates) by the second.
 
-Guards: before a point runs, its time is predicted from a ``min(T, 16)``-step probe (scaled by
-``T``) and its memory from the points already measured in the same sweep (log-log slope of the
-last two, at least 1 in ``T`` and 2 in ``N``); a point predicted to take more than
-``max_seconds`` or more than ``max_memory_bytes`` is skipped with the reason instead of run.
-Without memory measurements (``memory=False``) only the time guard applies.
+Guards: before a point runs, its time is predicted from probes over 4 and 64 steps (a fixed
+cost per call plus a marginal cost per step) and its memory from the points already measured
+in the same sweep (log-log slope of the last two, at least 1 in ``T`` and 2 in ``N``); a point
+predicted to take more than ``max_seconds`` or more than ``max_memory_bytes`` is skipped with
+the reason instead of run. Without memory measurements (``memory=False``) only the time guard
+applies.
 
 JSON schema (``bench.json``; ``null`` wherever a value is undefined or not finite)::
 
@@ -76,7 +77,7 @@ from chronograd.rules import gradient
 from chronograd.sequence import unroll
 
 Log = Callable[[str], None]
-PROBE_STEPS, COUNT_STEPS = 16, 64
+PROBE_STEPS, COUNT_STEPS, PROBE_BUDGET = (4, 64), 64, 2.0
 DEFAULT_SLOPE = {"T": 1.0, "N": 2.0}
 
 
@@ -94,6 +95,33 @@ def _point(rule: str, hidden: int, steps: int) -> dict[str, Any]:
         "memory_vs_forward": None, "memory_error": None, "flops": None, "bytes": None,
         "gflops": None, "gbs": None, "matmul_fraction": None, "bandwidth_fraction": None,
     }  # fmt: skip
+
+
+def _seconds(fn: Callable[[], None], device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def _predict_seconds(
+    call: Callable[[int], Callable[[], None]], t: int, device: torch.device
+) -> float:
+    """Seconds of one call over ``t`` steps, predicted from short probes.
+
+    A warm-up and a timed call over ``k0 = min(t, 4)`` steps; then, when a call over
+    ``k1 = min(t, 64)`` steps is predicted to take less than ``PROBE_BUDGET`` seconds, a timed
+    call over ``k1`` steps, and the prediction is that call plus the marginal cost per step
+    ``(s1 - s0) / (k1 - k0)`` for the remaining steps (per-call overheads are not scaled by
+    ``t``). Otherwise ``s0 · t / k0`` (an overestimate when overheads dominate ``s0``).
+    """
+    k0, k1 = min(t, PROBE_STEPS[0]), min(t, PROBE_STEPS[1])
+    call(k0)()  # warm-up
+    s0 = _seconds(call(k0), device)
+    if k1 == k0 or s0 * k1 / k0 > PROBE_BUDGET:
+        return s0 * t / k0
+    s1 = _seconds(call(k1), device)
+    return s1 + max(s1 - s0, 0.0) / (k1 - k0) * (t - k1)
 
 
 def _predict_memory(done: list[dict[str, Any]], x: int, sweep: str) -> float | None:
@@ -282,11 +310,7 @@ def _measure(
 
             return grad
 
-        k = min(t, PROBE_STEPS)
-        start = time.perf_counter()
-        call(k)()
-        sync(dev)
-        per_call = (time.perf_counter() - start) * t / k
+        per_call = _predict_seconds(call, t, dev)
         predicted = per_call * (repeats + 1 + (2 if memory else 0))  # memory: warm-up + call
         if predicted > max_seconds:
             p.update(
