@@ -195,7 +195,7 @@ def test_options_that_do_not_build_and_the_time_guard_are_reported():
 
 def test_bad_arguments_are_one_line_errors(capsys):
     assert main(["compare", *TINY, "--rules", "bptt", "--rule-opt", "k1=3"]) == 2
-    assert "NAME.KEY=VALUE" in capsys.readouterr().err
+    assert "RULE.KEY=VALUE" in capsys.readouterr().err
     assert main(["compare", *TINY, "--rules", " , "]) == 2
     with pytest.raises(ValueError, match="epochs"):
         compare("evidence", "bptt", **{**API, "epochs": 0})

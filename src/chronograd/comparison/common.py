@@ -32,7 +32,7 @@ from chronograd.tasks.base import Task
 
 #: Default options of a rule in a comparison, as a function of the sequence length ``T``.
 #: Extend with one line per rule (e.g. ``"sltt": lambda T: {"k": max(1, T // 10)}``); user
-#: options (``--rule-opt NAME.KEY=VALUE``) override these.
+#: options (``--rule-opt RULE.KEY=VALUE``) override these.
 RULE_DEFAULTS: dict[str, Callable[[int], dict[str, Any]]] = {
     "tbptt": lambda T: {"k1": max(1, math.ceil(T / 10))},
 }
@@ -93,7 +93,7 @@ def rule_options(pairs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         rule, dot, opt = key.partition(".")
         if not dot or not rule or not opt:
             raise ValueError(
-                f"rule option {key!r} must name its rule: NAME.KEY=VALUE, e.g. tbptt.k1=50"
+                f"rule option {key!r} must name its rule: RULE.KEY=VALUE, e.g. tbptt.k1=50"
             )
         out.setdefault(rule.lower().replace("_", "-"), {})[opt] = value
     return out

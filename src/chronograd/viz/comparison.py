@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 Records = Sequence[Mapping[str, float]]
 
@@ -141,15 +142,20 @@ def scaling(
         raise ValueError("no panels to plot")
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
     for ax, (ylabel, series) in zip(axes[0], panels.items()):
+        ticks: set[float] = set()
         for i, (label, pts) in enumerate(series.items()):
             good = sorted((x, y) for x, y in pts if _finite(y) and y > 0 and x > 0)
             if not good:
                 continue
             xs, ys = zip(*good)
+            ticks.update(xs)
             style = {"color": "k", "ls": "--"} if label == "forward" else {"color": f"C{i}"}
             ax.plot(xs, ys, marker="o", ms=4, label=label, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        if ticks:  # label the measured sizes, not the log axis' minor ticks
+            ax.set_xticks(sorted(ticks), [f"{x:g}" for x in sorted(ticks)])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
