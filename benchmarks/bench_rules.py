@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from chronograd.comparison import bench
-from chronograd.comparison.scaling import table
+from chronograd.comparison.report import bench_table
 
 from _common import write
 
@@ -43,7 +43,7 @@ def main() -> None:
         max_seconds=args.max_seconds,
         command=command,
     )
-    lines = table(doc).splitlines()
+    lines = bench_table(doc).splitlines()
     lines += [
         "",
         "ms/step: median of one gradient() call / T. GFLOP/s and GB/s: matmul FLOPs and bytes "

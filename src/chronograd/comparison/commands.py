@@ -83,7 +83,8 @@ def compare_args(p: argparse.ArgumentParser) -> None:
 
 def compare_command(args: argparse.Namespace) -> int:
     from chronograd.comparison.common import rule_options
-    from chronograd.comparison.side_by_side import compare, table
+    from chronograd.comparison.report import compare_table as table
+    from chronograd.comparison.side_by_side import compare
 
     doc = compare(
         args.task, args.rules, cell=args.cell, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
@@ -142,7 +143,8 @@ def bench_args(p: argparse.ArgumentParser) -> None:
 
 def bench_command(args: argparse.Namespace) -> int:
     from chronograd.comparison.common import rule_options
-    from chronograd.comparison.scaling import bench, table
+    from chronograd.comparison.report import bench_table as table
+    from chronograd.comparison.scaling import bench
 
     cap = None if args.max_memory_gb is None else int(args.max_memory_gb * 2**30)
     doc = bench(

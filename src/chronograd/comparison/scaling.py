@@ -52,7 +52,6 @@ JSON schema (``bench.json``; ``null`` wherever a value is undefined or not finit
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -66,13 +65,13 @@ from chronograd.bench import bandwidth_gbs, count_work, matmul_gflops, median_ms
 from chronograd.comparison.common import (
     build_rule,
     candidate,
-    fmt,
     json_safe,
     machine,
     split_ints,
     split_names,
 )
 from chronograd.comparison.memory import bench_inputs
+from chronograd.comparison.report import write_bench
 from chronograd.rules import gradient
 from chronograd.sequence import unroll
 
@@ -267,7 +266,7 @@ def bench(
         }
     )
     if out is not None:
-        write(doc, Path(out))
+        write_bench(doc, Path(out))
     return doc
 
 
@@ -356,69 +355,3 @@ def _measure(
         + (f", peak {p['peak_memory_bytes'] / 2**20:.1f} MiB" if p["peak_memory_bytes"] else "")
     )
     return p
-
-
-# -- output -----------------------------------------------------------------------------------
-def table(doc: Mapping[str, Any]) -> str:
-    """The measurements as a Markdown table (skipped points and rules listed below it)."""
-    f = doc["floors"]
-    lines = [
-        f"Floors on {doc['config']['device']}: streaming bandwidth {f['bandwidth_gbs']:.1f} GB/s, "
-        f"dense matmul {f['matmul_gflops']:.1f} GFLOP/s. B={doc['config']['batch']}.",
-        "",
-        "| rule | N | T | ms/step | x forward | GFLOP/s | % matmul floor | GB/s | % bandwidth "
-        "| peak MiB | mem x forward |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    notes = [f"- {r['name']}: skipped: {r['reason']}" for r in doc["rules"] if r["status"] != "ok"]
-    for p in sorted(
-        doc["points"], key=lambda p: (p["rule"] != "forward", p["rule"], p["hidden"], p["steps"])
-    ):
-        if p["status"] != "ok":
-            notes.append(
-                f"- {p['rule']} N={p['hidden']} T={p['steps']}: {p['status']}: {p['reason']}"
-            )
-            continue
-        mem = p["peak_memory_bytes"]
-        pct = lambda v: None if v is None else 100 * v  # noqa: E731
-        lines.append(
-            f"| {p['rule']} | {p['hidden']} | {p['steps']} | {fmt(p['ms_per_step'], '.4f')} | "
-            f"{fmt(p['vs_forward'], '.2f')} | {fmt(p['gflops'], '.2f')} | "
-            f"{fmt(pct(p['matmul_fraction']), '.1f')} | {fmt(p['gbs'], '.2f')} | "
-            f"{fmt(pct(p['bandwidth_fraction']), '.1f')} | "
-            f"{fmt(None if mem is None else mem / 2**20, '.1f')} | {fmt(p['memory_vs_forward'], '.2f')} |"
-        )
-    return "\n".join(lines + (["", *notes] if notes else []))
-
-
-def write(doc: Mapping[str, Any], outdir: Path) -> None:
-    """``bench.json``, ``bench.md`` and the log-log plots ``scaling_T.png``, ``scaling_N.png``."""
-    from chronograd.viz import scaling
-
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "bench.json").write_text(json.dumps(doc, indent=2))
-    (outdir / "bench.md").write_text(table(doc) + "\n")
-    cfg = doc["config"]
-    for sweep, key, label, fixed in (
-        ("T", "steps", "T (steps)", f"N={cfg['at_hidden']}"),
-        ("N", "hidden", "N (hidden units)", f"T={cfg['at_steps']}"),
-    ):
-        pts = [p for p in doc["points"] if sweep in p["sweeps"] and p["status"] == "ok"]
-        panels: dict[str, dict[str, list[tuple[float, float]]]] = {
-            "ms per step": {},
-            "peak memory (MiB)": {},
-            "fraction of the machine's limit": {},
-        }
-        for p in pts:
-            x = p[key]
-            panels["ms per step"].setdefault(p["rule"], []).append((x, p["ms_per_step"]))
-            if p["peak_memory_bytes"]:
-                panels["peak memory (MiB)"].setdefault(p["rule"], []).append(
-                    (x, p["peak_memory_bytes"] / 2**20)
-                )
-            frac = max(p["matmul_fraction"] or 0.0, p["bandwidth_fraction"] or 0.0)
-            panels["fraction of the machine's limit"].setdefault(p["rule"], []).append((x, frac))
-        scaling(
-            panels, outdir / f"scaling_{sweep}.png", xlabel=label,
-            title=f"{cfg['cell']}, {fixed}, B={cfg['batch']}",
-        )  # fmt: skip

@@ -53,8 +53,6 @@ JSON schema (``compare.json``; ``null`` wherever a value is undefined or not fin
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -66,15 +64,14 @@ from torch import Tensor, nn
 
 from chronograd.bench import peak_memory, sync
 from chronograd.comparison.common import (
-    NOT_INSTALLED,
     candidate,
-    fmt,
     json_safe,
     machine,
     make_task,
     model_for_task,
     split_names,
 )
+from chronograd.comparison.report import write_compare
 from chronograd.objectives import Objective
 from chronograd.rules import BPTT, LearningRule, gradient, run_sequence
 from chronograd.testing import Alignment, alignment
@@ -290,7 +287,7 @@ def compare(
         }
     )
     if outdir is not None:
-        write(doc, outdir)
+        write_compare(doc, outdir)
     return doc
 
 
@@ -398,95 +395,3 @@ def _raster(model: nn.Module, task: Any, path: Path, title: str) -> None:
     dev = next(model.parameters()).device
     x1, y1 = x[:, :1].to(dev), y[:, :1]
     raster(record(model, x1), path, inputs=x1, targets=y1, title=title)
-
-
-# -- output -----------------------------------------------------------------------------------
-CSV_FIELDS = (
-    "rule", "status", "final_metric", "best_metric", "cosine_init", "rel_error_init",
-    "cosine_end", "rel_error_end", "ms_per_step", "peak_memory_mib", "seconds", "reason",
-)  # fmt: skip
-
-
-def _align(entry: Mapping[str, Any], phase: str, field: str) -> Any:
-    al = entry.get("alignment") or {}
-    return ((al.get(phase) or {}).get("all") or {}).get(field)
-
-
-def rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per rule (the CSV)."""
-    out = []
-    for e in doc["rules"]:
-        mem = e.get("peak_memory_bytes")
-        out.append(
-            {
-                "rule": e["name"],
-                "status": e["status"],
-                "final_metric": e["final_metric"],
-                "best_metric": e["best_metric"],
-                "cosine_init": _align(e, "init", "cosine"),
-                "rel_error_init": _align(e, "init", "rel_error"),
-                "cosine_end": _align(e, "end", "cosine"),
-                "rel_error_end": _align(e, "end", "rel_error"),
-                "ms_per_step": e["ms_per_step"],
-                "peak_memory_mib": None if mem is None else mem / 2**20,
-                "seconds": e["seconds"],
-                "reason": e["reason"] or e.get("memory_error") or "",
-            }
-        )
-    return out
-
-
-def table(doc: Mapping[str, Any]) -> str:
-    """The comparison as a Markdown table; skipped rules and their reasons are listed below it
-    (rules that are not installed, in one line)."""
-    metric = doc["metric"]["name"]
-    lines = [
-        f"| rule | val {metric} | cos init | rel err init | cos end | rel err end | ms/step | peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    notes, missing = [], []
-    for r in rows(doc):
-        if r["status"] != "ok" and str(r["reason"]).startswith(NOT_INSTALLED):
-            missing.append(r["rule"])
-            continue
-        if r["status"] != "ok":
-            lines.append(f"| {r['rule']} | {r['status']} | - | - | - | - | - | - |")
-            notes.append(f"- {r['rule']}: {r['status']}: {r['reason']}")
-            continue
-        mib = r["peak_memory_mib"]
-        lines.append(
-            f"| {r['rule']} | {fmt(r['final_metric'], '.3f')} | {fmt(r['cosine_init'])} | "
-            f"{fmt(r['rel_error_init'])} | {fmt(r['cosine_end'])} | {fmt(r['rel_error_end'])} | "
-            f"{fmt(r['ms_per_step'], '.3f')} | {fmt(mib, '.1f')} |"
-        )
-        if r["reason"]:
-            notes.append(f"- {r['rule']}: memory not measured: {r['reason']}")
-    if missing:
-        notes.append(f"- {NOT_INSTALLED}: {', '.join(missing)}")
-    chance = doc["metric"]["chance"]
-    return "\n".join(lines + (["", *notes] if notes else []) + [f"\n(chance {metric}: {chance})"])
-
-
-def write(doc: Mapping[str, Any], outdir: Path) -> None:
-    """``compare.json``, ``compare.csv``, ``compare.md``, ``learning_curves.png``, ``alignment.png``."""
-    from chronograd.viz import alignment_bars, learning_curves
-
-    (outdir / "compare.json").write_text(json.dumps(doc, indent=2))
-    with open(outdir / "compare.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in rows(doc):
-            w.writerow({k: "" if v is None else v for k, v in r.items()})
-    (outdir / "compare.md").write_text(table(doc) + "\n")
-    ok = [e for e in doc["rules"] if e["status"] == "ok"]
-    if ok:
-        cfg = doc["config"]
-        title = f"{cfg['task']} / {cfg['cell']}({cfg['hidden']})"
-        learning_curves(
-            {e["name"]: e["history"] for e in ok}, outdir / "learning_curves.png",
-            metric=doc["metric"]["name"], chance=doc["metric"]["chance"], title=title,
-        )  # fmt: skip
-        alignment_bars(
-            {e["name"]: {p: e["alignment"][p]["all"] for p in ("init", "end")} for e in ok},
-            outdir / "alignment.png", title=f"{title}: alignment with BPTT",
-        )  # fmt: skip
