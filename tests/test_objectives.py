@@ -90,3 +90,34 @@ def test_regularizers_enter_the_penalty():
 def test_invalid_objectives_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Objective(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        None,
+        torch.tensor([1, 0, 1, 1, 0, 1, 1, 0.5]),
+        (torch.rand(8, 3) > 0.3).double(),
+        lambda T: torch.arange(T) % 3 != 0,
+    ],
+    ids=["none", "tensor", "per-sample", "callable"],
+)
+@pytest.mark.parametrize("last", [None, 5])
+def test_window_masks_are_slices_of_the_full_mask(mask, last):
+    obj = Objective("mse", mask=mask, last=last)
+    full = obj.full_mask(8, 3, dtype=D)
+    for a, b in [(0, 8), (0, 3), (2, 6), (5, 8), (7, 8)]:
+        torch.testing.assert_close(obj.window_mask(8, 3, start=a, stop=b, dtype=D), full[a:b])
+
+
+def test_a_callable_mask_is_evaluated_once_per_sequence_length():
+    calls = []
+
+    def mask(T):
+        calls.append(T)
+        return torch.ones(T)
+
+    obj = Objective("mse", mask=mask)
+    for t in range(10):
+        obj.weights(10, 2, start=t, stop=t + 1)
+    assert calls == [10]

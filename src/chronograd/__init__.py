@@ -8,7 +8,7 @@ Quick start::
     grads = cg.gradient(cg.rules.BPTT(), model, xs, ys, objective)   # xs: (T, B, 4)
 """
 
-from chronograd import cells, rules, tasks, testing, training
+from chronograd import cells, constraints, dale, regularizers, rules, tasks, testing, training
 from chronograd._tree import detach
 from chronograd.cells import Stack
 from chronograd.objectives import Objective
@@ -26,8 +26,11 @@ __all__ = [
     "Stack",
     "__version__",
     "cells",
+    "constraints",
+    "dale",
     "detach",
     "gradient",
+    "regularizers",
     "rules",
     "run_sequence",
     "spans",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+from chronograd.training.trainer import TrainingInterrupted
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command]] = {}
@@ -66,6 +66,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default="runs/default", help="output directory")
     p.add_argument("--resume", default=None, help="checkpoint to continue from")
+    p.add_argument(
+        "--checkpoint-every-batches", type=int, default=None, metavar="N",
+        help="also checkpoint every N batches (resume mid-epoch after a crash)",
+    )  # fmt: skip
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -74,9 +79,10 @@ def train(args: argparse.Namespace) -> int:
     from chronograd import rules, tasks
     from chronograd.models import build_model
     from chronograd.plotting import learning_curve
+    from chronograd.reproducibility import seed_everything
     from chronograd.training import Checkpoint, Trainer
 
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed, deterministic=args.deterministic)
     task = tasks.get(args.task, seed=args.seed, **parse_options(args.task_opt))
     hints = dict(task.suggested)
     cell = args.cell or hints.get("cell", "gru")
@@ -95,13 +101,17 @@ def train(args: argparse.Namespace) -> int:
         model, rule, task.objective, lr=lr, metrics={task.metric.name: task.metric},
         device=args.device, progress=not args.quiet,
     )  # fmt: skip
-    Checkpoint(out / "checkpoints", keep=1).attach(trainer)
+    Checkpoint(out / "checkpoints", keep=1, every_batches=args.checkpoint_every_batches).attach(
+        trainer
+    )
     if args.resume:
         trainer.resume(args.resume)
     t0 = time.perf_counter()
     history = trainer.fit(task.train, args.epochs, val=task.val)
     seconds = time.perf_counter() - t0
     trainer.save_checkpoint(out / "checkpoint.pt")
+    if not trainer.is_main:  # under torchrun, rank 0 writes the outputs and reports
+        return 0
     learning_curve(
         history,
         out / "learning_curve.png",
@@ -177,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"chronograd {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"chronograd {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

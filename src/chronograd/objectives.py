@@ -16,7 +16,7 @@ online rule that processes one step at a time adds exactly the terms BPTT would.
 Several named outputs: pass ``criterion`` as a dict ``{name: criterion}``; the model returns
 a dict of outputs and the targets are a dict with the same keys. Each term may be weighted.
 
-Regularizers (issue 8 adds the library) are callables ``reg() -> scalar tensor`` of parameters;
+Regularizers (:mod:`chronograd.regularizers`) are callables ``reg() -> scalar tensor`` of parameters;
 ``penalty()`` sums them and every rule adds its gradient once per update.
 """
 
@@ -117,6 +117,9 @@ class Objective:
     maximize: bool = False
     output_weights: Mapping[str, float] | None = None
     regularizers: Sequence[Callable[[], Tensor]] = field(default_factory=tuple)
+    _mask_cache: dict[int, Tensor] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.reduction not in ("mean", "sum"):
@@ -193,25 +196,54 @@ class Objective:
         return losses.flatten(2).mean(-1) if losses.dim() > 2 else losses
 
     # -- weights ------------------------------------------------------------------------------
-    def full_mask(self, total: int, batch: int, *, device: Any = None, dtype: Any = None) -> Tensor:
-        """The mask ``m`` of a whole sequence, shape ``(total, batch)``."""
-        m = torch.ones(total, batch, device=device, dtype=dtype)
-        if self.mask is not None:
-            given = self.mask(total) if callable(self.mask) else self.mask
-            given = torch.as_tensor(given).to(device=device, dtype=dtype)
+    def _given_mask(self, total: int) -> Tensor | None:
+        """The user's mask for a ``total``-step sequence (callables are evaluated once per ``total``)."""
+        if self.mask is None:
+            return None
+        if not callable(self.mask):
+            return torch.as_tensor(self.mask)
+        if total not in self._mask_cache:
+            self._mask_cache.clear()
+            self._mask_cache[total] = torch.as_tensor(self.mask(total))
+        return self._mask_cache[total]
+
+    def window_mask(
+        self,
+        total: int,
+        batch: int,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> Tensor:
+        """The mask ``m`` of steps ``[start, stop)`` of a ``total``-step sequence, ``(stop-start, batch)``.
+
+        Costs O(window), so an online rule pays O(1) per step, not O(T).
+        """
+        stop = total if stop is None else stop
+        if not 0 <= start < stop <= total:
+            raise ValueError(f"window [{start}, {stop}) is not inside a sequence of {total} steps")
+        m = torch.ones(stop - start, batch, device=device, dtype=dtype)
+        given = self._given_mask(total)
+        if given is not None:
             if given.dim() == 1:
                 given = given[:, None]
-            if given.shape[0] != total or given.shape[1] not in (1, batch):
+            if given.dim() != 2 or given.shape[0] != total or given.shape[1] not in (1, batch):
                 raise ValueError(
                     f"mask must have shape ({total},) or ({total}, {batch}), got "
                     f"{tuple(given.shape)}"
                 )
-            m = m * given
+            m = m * given[start:stop].to(device=device, dtype=dtype)
         if self.last is not None:
-            keep = torch.zeros(total, 1, device=device, dtype=dtype)
-            keep[max(0, total - self.last) :] = 1
-            m = m * keep
+            first = max(0, total - self.last)  # the first counted step
+            if first > start:
+                m[: min(stop, first) - start] = 0
         return m
+
+    def full_mask(self, total: int, batch: int, *, device: Any = None, dtype: Any = None) -> Tensor:
+        """The mask ``m`` of a whole sequence, shape ``(total, batch)``."""
+        return self.window_mask(total, batch, device=device, dtype=dtype)
 
     def weights(
         self,
@@ -228,13 +260,10 @@ class Objective:
         Returns ``(stop - start, batch)``; the sign of ``maximize`` and the ``mean`` normaliser
         (over the window) are included, so ``L_window = Σ w ⊙ per_sample(...)``.
         """
-        stop = total if stop is None else stop
-        if not 0 <= start < stop <= total:
-            raise ValueError(f"window [{start}, {stop}) is not inside a sequence of {total} steps")
-        m = self.full_mask(total, batch, device=device, dtype=dtype)[start:stop]
+        m = self.window_mask(total, batch, start=start, stop=stop, device=device, dtype=dtype)
         if self.reduction == "mean":
-            n = m.sum()
-            m = m / n if n > 0 else m * 0
+            # m / N, and 0 when the window counts nothing (no host sync on the condition)
+            m = m / torch.clamp(m.sum(), min=torch.finfo(m.dtype).tiny)
         return -m if self.maximize else m
 
     def loss(

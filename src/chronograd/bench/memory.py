@@ -1,15 +1,11 @@
 """Peak memory of one call, measured in a fresh process.
 
 Each measurement runs ``module:function(**kwargs)`` in its own Python process, so the peak of
-one configuration cannot hide behind an earlier, larger one. One warm-up call runs first (lazy
-initialisation, allocator pools, optimizer state). On CUDA the figure is then
-``torch.cuda.max_memory_allocated`` above what was allocated before the measured call. On Linux
-CPUs it is the peak resident set during the call above the resident set before it: the heap's
-free memory is returned to the system (``malloc_trim``) and the high-water mark reset
-(``/proc/self/clear_refs``) just before the call, so memory freed by ``setup`` or by the
-warm-up cannot absorb the call's allocations. Elsewhere on the CPU (no ``clear_refs``) it is
-the growth of ``ru_maxrss`` during a call made without warm-up, which misses allocations that
-fit under an earlier peak (small configurations can read 0).
+one configuration cannot hide behind an earlier, larger one. On CUDA the figure is
+``torch.cuda.max_memory_allocated``; on the CPU it is the peak resident set during the call
+above the resident set just before it (imports and inputs built by ``setup`` excluded): on
+Linux the kernel's high-water mark is reset before the call (``/proc/self/clear_refs``), so an
+earlier, larger peak (imports) cannot hide it. There is no warm-up call on the CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +17,26 @@ import sys
 from typing import Any
 
 _CHILD = r"""
-import importlib, json, resource, sys, torch
+import gc, importlib, json, resource, sys, torch
+
+def status(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: reset the resident high-water mark (VmHWM) to the current RSS
+        return True
+    except OSError:
+        return False
+
 spec = json.loads(sys.argv[1])
 mod, _, fn = spec["target"].partition(":")
 target = getattr(importlib.import_module(mod), fn)
@@ -34,28 +49,12 @@ if dev.type == "cuda":
     run(); torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
 else:
-    def status(key):                    # bytes, from /proc/self/status (Linux)
-        with open("/proc/self/status") as f:
-            return int(next(l for l in f if l.startswith(key + ":")).split()[1]) * 1024
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")                # resets the peak resident set (VmHWM) to the current one
-        precise = True
-    except OSError:
-        precise = False
-    if precise:
-        run()                           # warm-up
-        try:
-            import ctypes
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = status("VmRSS")
+    gc.collect()
+    base = status("VmRSS")
+    if base is not None and reset_peak():
         run()
         peak = status("VmHWM") - base
-    else:
+    else:  # no /proc: the lifetime peak, which hides a call smaller than the import peak
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         run()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
@@ -74,8 +73,7 @@ def peak_memory(
 
     Args:
         target: ``"package.module:setup"``; ``setup(**kwargs)`` builds everything and returns a
-            zero-argument callable, which is measured once (after one warm-up call, except on
-            CPUs without ``/proc/self/clear_refs``).
+            zero-argument callable, which is measured once (after one warm-up call on CUDA).
         kwargs: JSON-serialisable arguments for ``setup``.
         device: ``"cpu"`` or a CUDA device.
     """

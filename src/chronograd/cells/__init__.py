@@ -9,11 +9,13 @@ from chronograd.cells.base import (
     check_cell,
     is_cell,
 )
+from chronograd.cells.chaotic import ChaoticRNN, ChaoticState
 from chronograd.cells.lif import ALIF, LIF, ALIFState, LIFState, lsnn_beta
 from chronograd.cells.readout import LeakyReadout, ReadoutState
 from chronograd.cells.rnn import GRU, LeakyRNN, RNNState
 from chronograd.cells.stack import Stack
 from chronograd.cells.surrogate import FastSigmoid, Sigmoid, Surrogate, Triangle, get_surrogate
+from chronograd.cells.wilson_cowan import WCState, WilsonCowan, dale_signs
 
 __all__ = [
     "ALIF",
@@ -21,6 +23,8 @@ __all__ = [
     "LIF",
     "ALIFState",
     "Cell",
+    "ChaoticRNN",
+    "ChaoticState",
     "EmptyState",
     "FastSigmoid",
     "HoistedCell",
@@ -35,7 +39,10 @@ __all__ = [
     "State",
     "Surrogate",
     "Triangle",
+    "WCState",
+    "WilsonCowan",
     "check_cell",
+    "dale_signs",
     "get_surrogate",
     "is_cell",
     "lsnn_beta",

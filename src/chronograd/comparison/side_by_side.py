@@ -29,7 +29,8 @@ JSON schema (``compare.json``; ``null`` wherever a value is undefined or not fin
       reason            why it was skipped or failed, else null
       options           the options the rule was built with (defaults + user options)
       chunk             steps per update for this T (null: whole sequence)
-      optimizer         "adam", or null for rules that apply direct updates
+      optimizer         "adam", or null for rules that apply direct updates (rules with
+                        needs_optimizer = False, or whose first run returns only updates)
       final_metric      validation metric after the last epoch
       best_metric       best validation metric over the epochs
       final_val_loss    validation loss after the last epoch
@@ -159,7 +160,7 @@ class _Aligner:
         )
         sync(self.xs.device)
         seconds = time.perf_counter() - start
-        direct = _is_direct(res.grads, res.updates)
+        direct = not rule.needs_optimizer or _is_direct(res.grads, res.updates)
         ref = self.reference(rule, model, cached=at_init)
         al = alignments((res.updates or {}) if direct else res.grads, ref, update=direct)
         return al, direct, seconds
@@ -348,7 +349,7 @@ def _run_rule(
     entry = _entry(name, options, "ok", None)
     entry.update(
         chunk=rule.chunk_length(T),
-        optimizer=None if direct else "adam",
+        optimizer=None if trainer.optimizer is None else type(trainer.optimizer).__name__.lower(),
         final_metric=history.last(key),
         best_metric=better(history[key]),
         final_val_loss=history.last("val_loss"),

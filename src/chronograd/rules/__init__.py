@@ -16,12 +16,14 @@ from chronograd.rules.base import (
     select_parameters,
 )
 from chronograd.rules.bptt import BPTT
+from chronograd.rules.rls import RLS
 from chronograd.rules.run import SequenceResult, apply_to_model, gradient, run_sequence
 from chronograd.rules.tbptt import TBPTT
 
 RULES: dict[str, Callable[..., LearningRule]] = {
     "bptt": BPTT,
     "tbptt": TBPTT,
+    "rls": RLS,
 }
 
 
@@ -42,6 +44,7 @@ def get(name: str, **options: Any) -> LearningRule:
 
 __all__ = [
     "BPTT",
+    "RLS",
     "RULES",
     "TBPTT",
     "LearningRule",

@@ -22,7 +22,7 @@ import abc
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -91,7 +91,19 @@ class LearningRule(abc.ABC):
         time_dim: time dimension of the batches handed to the trainer (moved to 0).
         prepare_batch: ``(batch, device, non_blocking) -> (x, y)``; default splits a pair.
         non_blocking: passed to ``prepare_batch`` for asynchronous host-to-device copies.
+        nonfinite: what to do when an update's gradient (or direct update) holds NaN or inf:
+            ``"raise"`` (default: a :class:`~chronograd.rules.run.NonFiniteError` naming the
+            parameters and steps), ``"skip"`` (drop the update, count it, zero the non-finite
+            entries of the carry and state so they do not poison later steps) or ``"replace"``
+            (``torch.nan_to_num`` with ``nan``/``posinf``/``neginf`` on the gradient, carry
+            and state, count it). Counts appear as ``nonfinite`` in the trainer's history.
+        nan, posinf, neginf: replacement values for ``"replace"`` (``None``: the dtype's
+            largest finite value, as ``torch.nan_to_num``).
     """
+
+    needs_optimizer: ClassVar[bool] = True
+    """False for rules that update weights themselves (``RuleStep.updates``, e.g. RLS): the
+    trainer then builds no optimizer by default."""
 
     params: tuple[str, ...] | None = None
     clip_grad_norm: float | None = None
@@ -100,6 +112,10 @@ class LearningRule(abc.ABC):
     time_dim: int = 0
     prepare_batch: Callable[..., tuple[Any, Any]] = default_prepare_batch
     non_blocking: bool = False
+    nonfinite: Literal["raise", "skip", "replace"] = "raise"
+    nan: float = 0.0
+    posinf: float | None = None
+    neginf: float | None = None
 
     def __post_init__(self) -> None:
         if self.params is not None:
@@ -114,6 +130,10 @@ class LearningRule(abc.ABC):
             raise ValueError(f"grad_ema must lie in [0, 1), got {self.grad_ema}")
         if not isinstance(self.time_dim, int) or self.time_dim < 0:
             raise ValueError(f"time_dim must be a non-negative int, got {self.time_dim!r}")
+        if self.nonfinite not in ("raise", "skip", "replace"):
+            raise ValueError(
+                f"nonfinite must be 'raise', 'skip' or 'replace', got {self.nonfinite!r}"
+            )
         if not callable(self.prepare_batch):
             raise TypeError(
                 "prepare_batch must be callable (batch, device, non_blocking) -> (x, y)"

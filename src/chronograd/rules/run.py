@@ -8,15 +8,15 @@ summed gradient: the quantity every oracle compares.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from chronograd._tree import tree_cat
-from chronograd.cells.base import State, check_cell
+from chronograd._tree import tree_cat, tree_leaves, tree_map
+from chronograd.cells.base import State, check_cell, param_like
 from chronograd.objectives import Objective
 from chronograd.rules.base import Carry, Grads, LearningRule, RuleStep, add_grads
 from chronograd.sequence import Span, check_sequence, spans
@@ -37,6 +37,7 @@ class SequenceResult:
         grads: sum of the chunk gradients (before clipping / EMA); the rule's gradient.
         updates: sum of direct updates (rules without an optimizer), or None.
         n_updates: how many times ``apply`` was called.
+        nonfinite: how many updates had a non-finite gradient (skipped or replaced).
     """
 
     loss: float
@@ -46,18 +47,62 @@ class SequenceResult:
     grads: Grads
     updates: Grads | None
     n_updates: int
+    nonfinite: int = 0
+
+
+class NonFiniteError(FloatingPointError):
+    """An update's gradient held NaN or inf and the rule's policy is ``nonfinite="raise"``."""
+
+
+def _finite(grads: Grads | None) -> list[str]:
+    """Names of the tensors of ``grads`` that hold a NaN or inf (one host sync in all)."""
+    if not grads:
+        return []
+    names = list(grads)
+    ok = torch.stack([torch.isfinite(grads[n]).all() for n in names]).tolist()
+    return [n for n, good in zip(names, ok) if not good]
+
+
+def _sanitize(rule: LearningRule, step: RuleStep, span: Span) -> tuple[RuleStep, str]:
+    """Apply the rule's non-finite policy to one chunk's result.
+
+    Returns the (possibly repaired) step and ``"ok"``, ``"skip"`` (drop the update) or
+    ``"replace"``.
+    """
+    bad = _finite(step.grads) + _finite(step.updates)
+    if not bad:
+        return step, "ok"
+    if rule.nonfinite == "raise":
+        raise NonFiniteError(
+            f"{type(rule).__name__} produced a non-finite gradient for {sorted(set(bad))} in "
+            f"steps [{span.start}, {span.stop}) of {span.total}; lower the learning rate, clip "
+            "gradients (clip_grad_norm=...), or set nonfinite='skip' or 'replace' on the rule"
+        )
+
+    def fix(t: Tensor) -> Tensor:
+        if not t.is_floating_point():
+            return t
+        if rule.nonfinite == "skip":
+            return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+        return torch.nan_to_num(t, nan=rule.nan, posinf=rule.posinf, neginf=rule.neginf)
+
+    repaired = RuleStep(
+        grads={k: fix(v) for k, v in step.grads.items()},
+        state=tree_map(fix, step.state),
+        carry=tree_map(fix, step.carry),
+        loss=step.loss,
+        outputs=step.outputs,
+        updates=None if step.updates is None else {k: fix(v) for k, v in step.updates.items()},
+    )
+    return repaired, rule.nonfinite
 
 
 def _slice_time(tree: Any, span: Span) -> Any:
-    from chronograd._tree import tree_map
-
     return tree_map(lambda t: t[span.start : span.stop], tree)
 
 
 def check_targets(xs: Tensor, targets: Any) -> None:
     """Targets must be time-first with the inputs' ``T`` and ``B``."""
-    from chronograd._tree import tree_leaves
-
     leaves = tree_leaves(targets)
     if not leaves:
         raise TypeError("targets must be a tensor (or a dict of tensors), time first")
@@ -68,6 +113,27 @@ def check_targets(xs: Tensor, targets: Any) -> None:
                 f"shape {tuple(t.shape)}; mismatched time lengths between inputs and targets, or "
                 "a per-sequence label that needs repeating over time (y.expand(T, B))"
             )
+
+
+def check_like_model(xs: Tensor, model: nn.Module) -> None:
+    """Inputs must match the model's dtype and device and be finite."""
+    device, dtype = param_like(model)
+    if xs.is_floating_point() and xs.dtype != dtype:
+        raise ValueError(
+            f"inputs are {xs.dtype} but the model's parameters are {dtype}; convert one of them "
+            f"(xs.to({dtype}) or model.to({xs.dtype}))"
+        )
+    if xs.device != device and any(True for _ in model.parameters()):
+        raise ValueError(
+            f"inputs are on {xs.device} but the model is on {device}; move them "
+            f"(xs.to('{device}')) or use the rule's prepare_batch / the trainer's device="
+        )
+    if xs.is_floating_point() and not bool(torch.isfinite(xs).all()):
+        bad = (~torch.isfinite(xs)).nonzero()[0].tolist()
+        raise ValueError(
+            f"inputs contain NaN or inf (first at index (t, b, ...) = {tuple(bad)}); clean or "
+            "mask the data before training"
+        )
 
 
 class _Postprocess:
@@ -126,6 +192,7 @@ def run_sequence(
         raise TypeError(f"`rule` must be a chronograd LearningRule, got {type(rule).__name__}")
     check_cell(model, "model")
     check_sequence(xs, model)
+    check_like_model(xs, model)
     check_targets(xs, targets)
     if not isinstance(objective, Objective):
         raise TypeError(
@@ -142,7 +209,7 @@ def run_sequence(
     pending: Grads | None = None
     losses: list[Tensor] = []
     outs: list[Any] = []
-    n_updates = 0
+    n_updates = nonfinite = 0
     for span in spans(T, rule.chunk_length(T)):
         if on_chunk_start is not None:
             on_chunk_start(span)
@@ -155,9 +222,15 @@ def run_sequence(
             objective,
             span,
         )
+        step, status = _sanitize(rule, step, span)
+        nonfinite += status != "ok"
         state, carry = step.state, step.carry
         losses.append(step.loss)
         outs.append(step.outputs)
+        if status == "skip":
+            if on_chunk_end is not None:
+                on_chunk_end(span, step)
+            continue
         total = add_grads(total, step.grads)
         total_updates = add_grads(total_updates, step.updates)
         if rule.accumulate:
@@ -181,6 +254,7 @@ def run_sequence(
         grads=total or {},
         updates=total_updates,
         n_updates=n_updates,
+        nonfinite=nonfinite,
     )
 
 
@@ -208,9 +282,21 @@ def gradient(
     return run_sequence(rule, model, xs, targets, objective, state=state).grads
 
 
-def apply_to_model(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Apply:
-    """An ``apply`` callback: write ``grads`` to ``.grad`` and step ``optimizer``; add ``updates``."""
+def apply_to_model(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    constraints: Sequence[Callable[[], object]] = (),
+) -> Apply:
+    """An ``apply`` callback: write ``grads`` to ``.grad`` and step ``optimizer``; add ``updates``.
+
+    ``constraints`` (e.g. :class:`chronograd.constraints.DaleProjection`) are called in order
+    after the optimizer step and the direct updates, so they hold after every update.
+    """
     params = dict(model.named_parameters())
+    constraints = tuple(constraints)
+    for c in constraints:
+        if not callable(c):
+            raise TypeError(f"a constraint must be callable () -> None, got {type(c).__name__}")
 
     def apply(grads: Grads, updates: Grads | None) -> None:
         if grads:
@@ -228,5 +314,7 @@ def apply_to_model(model: nn.Module, optimizer: torch.optim.Optimizer | None) ->
             with torch.no_grad():
                 for name, u in updates.items():
                     params[name].add_(u.to(params[name].dtype))
+        for c in constraints:
+            c()
 
     return apply

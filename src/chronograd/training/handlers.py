@@ -30,12 +30,16 @@ class ProgressBar:
 
     def _batch(self, trainer: Any) -> None:
         self._batches += self.every
+        if not trainer.is_main:
+            return
         self.stream.write(
             f"\repoch {trainer.state.epoch} batch {self._batches} loss {trainer.state.batch_loss:.4f}   "
         )
         self.stream.flush()
 
     def _epoch_completed(self, trainer: Any) -> None:
+        if not trainer.is_main:
+            return
         m = trainer.state.metrics
         parts = [f"{k} {v:.4g}" for k, v in m.items() if k not in ("time",)]
         self.stream.write(
@@ -95,6 +99,10 @@ class EarlyStopping:
 class Checkpoint:
     """Save the trainer every ``every`` epochs to ``directory``, keeping the last ``keep`` files,
     and the best one by ``monitor`` as ``best.pt`` when ``monitor`` is given.
+
+    ``every_batches=n`` also writes ``last.pt`` every ``n`` batches (a run killed mid-epoch
+    resumes from its last batch boundary). Attaching makes ``last.pt`` the trainer's
+    ``interrupt_checkpoint`` (written on SIGTERM/SIGINT).
     """
 
     def __init__(
@@ -104,19 +112,31 @@ class Checkpoint:
         keep: int = 2,
         monitor: str | None = None,
         mode: str = "min",
+        every_batches: int | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.directory = Path(directory)
         self.every, self.keep, self.monitor, self.mode = every, keep, monitor, mode
+        self.every_batches = every_batches
         self.best = math.inf if mode == "min" else -math.inf
         self.saved: list[Path] = []
 
     def attach(self, trainer: Any) -> Checkpoint:
         trainer.add_handler(Event.EPOCH_COMPLETED(every=self.every), self)
+        if self.every_batches is not None:
+            trainer.add_handler(Event.BATCH_COMPLETED(every=self.every_batches), self._batch)
+        trainer.interrupt_checkpoint = self.directory / "last.pt"
         return self
 
+    def _batch(self, trainer: Any) -> None:
+        trainer.save_checkpoint(self.directory / "last.pt")
+
     def __call__(self, trainer: Any) -> None:
+        if not trainer.is_main:
+            return
         path = trainer.save_checkpoint(self.directory / f"epoch_{trainer.state.epoch:05d}.pt")
         self.saved.append(path)
         trainer.save_checkpoint(self.directory / "last.pt")

@@ -1,0 +1,151 @@
+"""Data-parallel training on ``torch.distributed`` for every rule.
+
+DistributedDataParallel only reduces gradients produced by ``backward()``; chronograd's online
+rules write their gradients themselves. Every rule hands its gradient to the trainer as a
+``RuleStep``, so the trainer averages it across ranks itself, once per optimizer step, as one
+flattened bucket: ``g = Σ_r B_r g_r / Σ_r B_r`` with ``B_r`` the local batch size (DDP's
+averaging convention; for ``reduction="mean"`` objectives with equal per-sample masks it equals
+the gradient of the full batch exactly). Parameters and buffers, and the rule's persistent carry
+(e.g. random feedback matrices), are broadcast from rank 0 when training starts. Rules that
+update weights directly (``RuleStep.updates``, e.g. RLS) are refused unless they set
+``distributed_updates = True`` and combine their own statistics.
+
+Launch with ``torchrun --nproc-per-node N -m chronograd train ...`` (one node) or, on several
+nodes, ``torchrun --nnodes M --nproc-per-node N --node-rank K --rdzv-backend c10d
+--rdzv-endpoint HOST:PORT -m chronograd train ...`` on every node. The backend is NCCL when
+the model is on a GPU, gloo otherwise; collectives time out after ``timeout`` seconds (env
+``CHRONOGRAD_DIST_TIMEOUT``, default 300) so a rank that fails ends the job instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from chronograd._tree import tree_leaves, tree_unflatten
+
+_ACTIVE: DistributedContext | None = None
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in a process group."""
+
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def active() -> DistributedContext | None:
+    """The context of the ``fit`` running in this process, if it is distributed."""
+    return _ACTIVE
+
+
+def set_active(ctx: DistributedContext | None) -> None:
+    global _ACTIVE
+    _ACTIVE = ctx
+
+
+def setup(mode: bool | str | None, device: torch.device) -> DistributedContext | None:
+    """Resolve the trainer's ``distributed=`` argument.
+
+    ``"auto"``/``None``: use an initialised process group, or initialise one when launched by
+    torchrun (``WORLD_SIZE > 1``); otherwise run alone. ``True``: require one. ``False``: alone.
+    """
+    if mode is False:
+        return None
+    if mode not in (None, True, "auto"):
+        raise ValueError(f"distributed must be True, False or 'auto', got {mode!r}")
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not dist.is_available():
+        if mode is True or launched:
+            raise RuntimeError("torch.distributed is not available in this PyTorch build")
+        return None
+    if not dist.is_initialized():
+        if not launched:
+            if mode is True:
+                raise ValueError(
+                    "distributed=True but no process group: launch with torchrun (it sets "
+                    "WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT) or call "
+                    "torch.distributed.init_process_group first"
+                )
+            return None
+        timeout = float(os.environ.get("CHRONOGRAD_DIST_TIMEOUT", "300"))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    ctx = DistributedContext(dist.get_rank(), dist.get_world_size())
+    return ctx if ctx.world_size > 1 else None
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Make every rank's parameters and buffers equal to rank 0's."""
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def broadcast_tree(tree: Any) -> Any:
+    """Rank 0's values of a tree of tensors (a rule's persistent carry)."""
+    leaves = [t.clone() for t in tree_leaves(tree)]
+    for t in leaves:
+        dist.broadcast(t, src=0)
+    return tree_unflatten(tree, leaves)
+
+
+def average(grads: Mapping[str, Tensor], weight: float) -> dict[str, Tensor]:
+    """``Σ_r w_r g_r / Σ_r w_r`` over ranks, as one flattened all-reduce."""
+    names = list(grads)
+    if not names:
+        return {}
+    first = grads[names[0]]
+    bucket = torch.cat(
+        [grads[n].reshape(-1).to(first.dtype) * weight for n in names]
+        + [torch.tensor([weight], dtype=first.dtype, device=first.device)]
+    )
+    dist.all_reduce(bucket)
+    bucket = bucket[:-1] / bucket[-1]
+    out, i = {}, 0
+    for n in names:
+        k = grads[n].numel()
+        out[n] = bucket[i : i + k].view_as(grads[n]).to(grads[n].dtype)
+        i += k
+    return out
+
+
+def reduce_gradients(grads: Mapping[str, Tensor], weight: float = 1.0) -> dict[str, Tensor]:
+    """Average a gradient across ranks when a distributed ``fit`` is running; else unchanged.
+
+    For rules that compute gradients outside ``RuleStep.grads`` (e.g. FPTT's correction pass).
+    """
+    return dict(grads) if _ACTIVE is None else average(grads, weight)
+
+
+def reduce_sums(values: Mapping[str, float]) -> dict[str, float]:
+    """Sum scalars across ranks (epoch totals: loss·samples, samples, metric sums)."""
+    names = list(values)
+    t = torch.tensor([float(values[n]) for n in names], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(names, t.tolist()))
+
+
+def shard(batches: Iterable[Any], ctx: DistributedContext) -> Iterator[Any]:
+    """This rank's batches: batch ``i`` goes to rank ``i mod N``; an incomplete final group of
+    ``N`` batches is dropped so every rank takes the same number of optimizer steps."""
+    group: list[Any] = []
+    for b in batches:
+        group.append(b)
+        if len(group) == ctx.world_size:
+            yield group[ctx.rank]
+            group = []

@@ -1,0 +1,106 @@
+"""Data-parallel training with gloo on 2 local processes: one step on 2 ranks with half
+batches equals one process on the full batch (float64); a failing rank ends the job."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from tests.dist_worker import make_trainer, problem
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+
+RULES = [
+    ("bptt", {}),
+    ("tbptt", {"k1": 4}),
+    ("tbptt", {"k1": 3, "k2": 6}),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(rules, out, mode="ok", timeout=120):
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), CHRONOGRAD_DIST_TIMEOUT="15", OMP_NUM_THREADS="1")  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.dist_worker", json.dumps(rules), str(out), mode],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    results = []
+    deadline = time.time() + timeout
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=max(1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise AssertionError("the distributed job hung") from None
+        results.append((p.returncode, err))
+    return results
+
+
+def test_two_ranks_with_half_batches_equal_one_process_on_the_full_batch(tmp_path):
+    results = _launch(RULES, tmp_path)  # one 2-process job runs every rule in turn
+    assert all(code == 0 for code, _ in results), results
+    for i, (rule, opts) in enumerate(RULES):
+        model, xs, ys = problem()
+        make_trainer(model, rule, opts, distributed=False).fit([(xs, ys)], epochs=1)
+        got = torch.load(tmp_path / f"{i}.pt")
+        for name, p in model.state_dict().items():
+            torch.testing.assert_close(
+                got[name], p, rtol=1e-12, atol=1e-14, msg=f"{rule} {opts} {name}"
+            )
+
+
+def test_a_rank_that_raises_ends_the_job_with_the_error(tmp_path):
+    t0 = time.time()
+    (c0, _), (c1, e1) = _launch([["bptt", {}]], tmp_path, mode="fail", timeout=90)
+    assert c1 != 0 and "rank 1 failed on purpose" in e1
+    assert c0 != 0, "rank 0 must not finish as if nothing happened"
+    assert time.time() - t0 < 90
+
+
+def test_rules_that_update_weights_directly_are_refused(monkeypatch):
+    from chronograd.training import Trainer
+    from chronograd.training.distributed import DistributedContext
+
+    model, _, _ = problem()
+    trainer = make_trainer(model, "bptt", {}, distributed=False)
+    trainer.distributed = DistributedContext(0, 2)
+    with pytest.raises(ValueError, match="updates weights directly"):
+        trainer._apply({}, {"layers.1.input.bias": torch.zeros(2, dtype=torch.float64)})
+    assert isinstance(trainer, Trainer)
+
+
+def test_shard_gives_each_rank_whole_groups():
+    from chronograd.training.distributed import DistributedContext, shard
+
+    batches = list(range(7))
+    assert list(shard(batches, DistributedContext(0, 3))) == [0, 3]
+    assert list(shard(batches, DistributedContext(2, 3))) == [2, 5]
+
+
+def test_cli_train_runs_unchanged_under_torchrun(tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        pytest.skip("torchrun not installed next to this python")
+    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "chronograd", "train",
+           "--task", "evidence", "--task-opt", "time_scale=0.05", "--task-opt", "batch_size=8",
+           "--task-opt", "batches_per_epoch=2", "--task-opt", "val_batches=2", "--cell", "lif",
+           "--hidden", "8", "--epochs", "1", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", CHRONOGRAD_DIST_TIMEOUT="30")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["epochs"] == 1 and out.stdout.count("val_recall_error") == 1  # rank 0 reports

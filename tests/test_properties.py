@@ -1,0 +1,99 @@
+"""Property tests: over random shapes and hyperparameters, cells and rules either work (right
+shapes, finite values, exactness where it must hold) or raise the documented error."""
+
+import math
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import chronograd as cg
+from chronograd import BPTT, TBPTT, Objective
+from chronograd.cells import ALIF, GRU, LIF, LeakyReadout, LeakyRNN, Stack
+from chronograd.testing import assert_pure_step
+
+D = torch.float64
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+sizes = st.integers(min_value=-1, max_value=5)
+steps = st.integers(min_value=1, max_value=6)
+batch = st.integers(min_value=1, max_value=3)
+
+
+def build(kind, i, h, hyper):
+    if kind == "rnn":
+        return LeakyRNN(i, h, alpha=hyper)
+    if kind == "gru":
+        return GRU(i, h)
+    if kind == "lif":
+        return LIF(i, h, tau_mem=hyper * 40 - 1, threshold=hyper + 0.05)
+    if kind == "alif":
+        return ALIF(i, h, tau_adapt=hyper * 400 - 1, beta=hyper - 0.2)
+    return LeakyReadout(i, h, kappa=hyper)
+
+
+@FAST
+@given(
+    kind=st.sampled_from(["rnn", "gru", "lif", "alif", "readout"]),
+    i=sizes,
+    h=sizes,
+    hyper=st.floats(min_value=-0.5, max_value=1.5, allow_nan=False),
+    T=steps,
+    B=batch,
+)
+def test_cells_work_or_raise_value_error(kind, i, h, hyper, T, B):
+    try:
+        cell = build(kind, i, h, hyper).double()
+    except ValueError as e:
+        assert "must" in str(e)
+        return
+    x = torch.randn(T, B, i, dtype=D) * 2
+    ys, state = cg.unroll(cell, x)
+    assert ys.shape == (T, B, cell.output_size)
+    assert torch.isfinite(ys).all()
+    for leaf in cg._tree.tree_leaves(state):
+        assert leaf.shape[0] == B and torch.isfinite(leaf).all()
+    assert_pure_step(cell, x[0], cell.init_state(B))
+
+
+@FAST
+@given(
+    k1=st.integers(-1, 7), k2=st.one_of(st.none(), st.integers(-1, 9)), T=st.integers(1, 9), B=batch
+)
+def test_tbptt_works_or_raises_and_is_bptt_when_the_chunk_covers_the_sequence(k1, k2, T, B):
+    try:
+        rule = TBPTT(k1, k2)
+    except ValueError as e:
+        assert "k1" in str(e) or "k2" in str(e)
+        return
+    torch.manual_seed(0)
+    model = Stack(LIF(2, 4, tau_mem=4.0), LeakyReadout(4, 1, kappa=0.5)).double()
+    xs, ys = torch.rand(T, B, 2, dtype=D) * 3, torch.randn(T, B, 1, dtype=D)
+    g = cg.gradient(rule, model, xs, ys, Objective("mse"))
+    assert set(g) == {n for n, _ in model.named_parameters()}
+    assert all(torch.isfinite(v).all() for v in g.values())
+    if k1 >= T and (k2 is None or k2 == k1):
+        ref = cg.gradient(BPTT(), model, xs, ys, Objective("mse"))
+        for n in g:
+            torch.testing.assert_close(g[n], ref[n], rtol=1e-10, atol=1e-12)
+
+
+@FAST
+@given(
+    T=st.integers(1, 8),
+    last=st.one_of(st.none(), st.integers(1, 10)),
+    reduction=st.sampled_from(["mean", "sum"]),
+    cut=st.integers(1, 8),
+)
+def test_window_losses_add_up_for_sum_and_weights_are_normalised_for_mean(T, last, reduction, cut):
+    obj = Objective("mse", last=last, reduction=reduction)
+    o, y = torch.randn(T, 2, 1, dtype=D), torch.randn(T, 2, 1, dtype=D)
+    w = obj.weights(T, 2, dtype=D)
+    if reduction == "mean":
+        assert math.isclose(float(w.sum()), 1.0, rel_tol=1e-12)
+    else:
+        cut = min(cut, T)
+        parts = obj.loss(o[:cut], y[:cut], start=0, total=T)
+        if cut < T:
+            parts = parts + obj.loss(o[cut:], y[cut:], start=cut, total=T)
+        torch.testing.assert_close(parts, obj.loss(o, y))
