@@ -81,7 +81,8 @@ from chronograd.training import Event, Trainer
 TIMING = "median over training batches of the batch's wall time divided by T (ms per time step)"
 MEMORY = (
     "peak memory of one training batch (rule and optimizer) in a fresh process "
-    "(chronograd.bench.peak_memory: CUDA max_memory_allocated, or growth of the CPU peak RSS)"
+    "(chronograd.bench.peak_memory: CUDA max_memory_allocated, or the CPU peak resident set "
+    "during the call above the one before it)"
 )
 
 Log = Callable[[str], None]
