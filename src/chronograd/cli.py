@@ -1,4 +1,4 @@
-"""Command line: ``chronograd train``, ``chronograd tasks``.
+"""Command line: ``chronograd train``, ``tasks``, ``compare``, ``bench``, ``raster``.
 
 Errors print one line and exit with status 2 (1 for an unexpected failure); ``--debug`` shows
 the traceback.
@@ -171,6 +171,18 @@ def list_tasks(args: argparse.Namespace) -> int:
         )
     print(f"{'--data FILE.npz':24s} your own data: x (N, T, I), y (N,) labels or (N, T, O) targets")
     return 0
+
+
+# -- compare, bench, raster (implemented in chronograd.comparison.commands) ---------------------
+def _register_comparison() -> None:
+    from chronograd.comparison import commands as c
+
+    command("compare", c.compare_args)(c.compare_command)
+    command("bench", c.bench_args)(c.bench_command)
+    command("raster", c.raster_args)(c.raster_command)
+
+
+_register_comparison()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
