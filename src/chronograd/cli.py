@@ -1,4 +1,4 @@
-"""Command line: ``chronograd train``, ``chronograd tasks``.
+"""Command line: ``chronograd train``, ``tasks``, ``compare``, ``bench``, ``raster``.
 
 Errors print one line and exit with status 2 (1 for an unexpected failure); ``--debug`` shows
 the traceback.
@@ -50,6 +50,10 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 # -- train --------------------------------------------------------------------------------------
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="evidence", help="task name (see `chronograd tasks`)")
+    p.add_argument(
+        "--data", default=None, metavar="FILE.npz",
+        help="train on your own data instead: x (N, T, I) and y (N,) labels or (N, T, O)",
+    )  # fmt: skip
     p.add_argument("--rule", default="bptt", help="learning rule (bptt, tbptt, ...)")
     p.add_argument("--cell", default=None, help="rnn, gru, lif, alif, lsnn (default: the task's)")
     p.add_argument("--hidden", type=int, default=None, help="hidden units (default: the task's)")
@@ -83,7 +87,11 @@ def train(args: argparse.Namespace) -> int:
     from chronograd.training import Checkpoint, Trainer
 
     seed_everything(args.seed, deterministic=args.deterministic)
-    task = tasks.get(args.task, seed=args.seed, **parse_options(args.task_opt))
+    task_opts = parse_options(args.task_opt)
+    if args.data:
+        task = tasks.from_npz(args.data, seed=args.seed, **task_opts)
+    else:
+        task = tasks.get(args.task, seed=args.seed, **task_opts)
     hints = dict(task.suggested)
     cell = args.cell or hints.get("cell", "gru")
     hidden = args.hidden or hints.get("hidden", 64)
@@ -101,6 +109,7 @@ def train(args: argparse.Namespace) -> int:
         model, rule, task.objective, lr=lr, metrics={task.metric.name: task.metric},
         device=args.device, progress=not args.quiet,
     )  # fmt: skip
+    task.attach(trainer)  # the copy curriculum; before Checkpoint, which saves its state
     Checkpoint(out / "checkpoints", keep=1, every_batches=args.checkpoint_every_batches).attach(
         trainer
     )
@@ -152,11 +161,28 @@ def list_tasks(args: argparse.Namespace) -> int:
     from chronograd import tasks
 
     for name in tasks.available():
-        t = tasks.get(name)
+        try:
+            t = tasks.get(name)
+        except ImportError as e:  # an optional dependency (scikit-learn for digits)
+            print(f"{name:24s} unavailable: {e}")
+            continue
         print(
             f"{name:24s} T={t.seq_len:<6d} in={t.input_size:<4d} out={t.output_size:<3d} {t.description}"
         )
+    print(f"{'--data FILE.npz':24s} your own data: x (N, T, I), y (N,) labels or (N, T, O) targets")
     return 0
+
+
+# -- compare, bench, raster (implemented in chronograd.comparison.commands) ---------------------
+def _register_comparison() -> None:
+    from chronograd.comparison import commands as c
+
+    command("compare", c.compare_args)(c.compare_command)
+    command("bench", c.bench_args)(c.bench_command)
+    command("raster", c.raster_args)(c.raster_command)
+
+
+_register_comparison()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
+    except (ValueError, TypeError, FileNotFoundError, KeyError, ImportError) as e:
         if args.debug:
             raise
         print(f"chronograd {args.command}: error: {e}", file=sys.stderr)

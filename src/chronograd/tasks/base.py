@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from chronograd.objectives import Objective
+
+if TYPE_CHECKING:
+    from chronograd.tasks.arrays import ArrayData
+    from chronograd.tasks.curriculum import Curriculum
 
 Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 
@@ -63,6 +67,11 @@ class Task:
         seed: base seed.
         spiking: inputs are spike trains (0/1).
         suggested: hints for building a model (``cell``, ``hidden``, ``lr``, ``tau_out``...).
+        data: for a finite data set (:class:`~chronograd.tasks.arrays.ArrayData`): an epoch is
+            a seeded permutation of its training split and validation is its whole validation
+            split; ``sample`` then draws random training examples (for :meth:`batch`).
+        curriculum: a :class:`~chronograd.tasks.curriculum.Curriculum` the sampler reads
+            (copy task); :meth:`attach` connects it to a trainer.
     """
 
     name: str
@@ -79,6 +88,8 @@ class Task:
     seed: int = 0
     spiking: bool = False
     suggested: dict[str, Any] = field(default_factory=dict)
+    data: ArrayData | None = None
+    curriculum: Curriculum | None = None
 
     def _batches(self, split: int, epoch: int, n: int) -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(n):
@@ -87,11 +98,25 @@ class Task:
 
     def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The training batches of ``epoch`` (fresh and seeded per epoch)."""
+        if self.data is not None:
+            return self.data.batches("train", epoch, self.batch_size, self.seed)
         return self._batches(0, epoch, self.batches_per_epoch)
 
     def val(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """The validation batches (the same at every epoch)."""
+        if self.data is not None:
+            return self.data.batches("val", 0, self.batch_size, self.seed)
         return self._batches(1, 0, self.val_batches)
+
+    def attach(self, trainer: Any) -> None:
+        """Connect what the task needs from training to ``trainer`` (the copy curriculum).
+
+        Call it before attaching checkpoint handlers, so that a checkpoint written at the end
+        of an epoch holds the curriculum state after that epoch's update. A no-op for tasks
+        without a curriculum.
+        """
+        if self.curriculum is not None:
+            self.curriculum.attach(trainer)
 
     def batch(self, batch_size: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
         """One batch, for quick experiments and tests."""
@@ -128,6 +153,57 @@ def available() -> list[str]:
 def poisson(rates: Tensor, g: torch.Generator) -> Tensor:
     """Spikes ``1[u < rate]`` per element with ``u ~ U(0, 1)`` (rates per step, in [0, 1])."""
     return (torch.rand(rates.shape, generator=g) < rates).to(torch.get_default_dtype())
+
+
+ENCODINGS = ("spikes", "rates")
+
+
+def encode(rates: Tensor, g: torch.Generator, encoding: str) -> Tensor:
+    """The network input for firing probabilities ``rates``: Poisson spikes or the rates."""
+    if encoding == "spikes":
+        return poisson(rates, g)
+    return rates.to(torch.get_default_dtype())
+
+
+def check_encoding(encoding: Any) -> str:
+    if encoding not in ENCODINGS:
+        raise ValueError(
+            f"encoding must be one of {ENCODINGS} (Poisson spike trains, or their firing "
+            f"probabilities as analog input), got {encoding!r}"
+        )
+    return str(encoding)
+
+
+def check_time_scale(time_scale: Any) -> float:
+    if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)):
+        raise TypeError(f"time_scale must be a number in (0, 1], got {type(time_scale).__name__}")
+    if not 0 < time_scale <= 1:
+        raise ValueError(
+            f"time_scale must lie in (0, 1] (1: the paper's 1 ms steps), got {time_scale}"
+        )
+    return float(time_scale)
+
+
+def steps(ms: float, time_scale: float, name: str) -> int:
+    """``round(ms · time_scale)`` steps, at least one."""
+    n = round(ms * time_scale)
+    if n < 1:
+        raise ValueError(
+            f"{name} = {ms} ms at time_scale={time_scale} is less than one step; raise "
+            "time_scale or the duration"
+        )
+    return n
+
+
+def rate_per_step(hz: float, time_scale: float) -> float:
+    """Firing probability per step for ``hz`` at 1 ms steps shortened by ``time_scale``.
+
+    The rate is divided by ``time_scale`` (capped at 1) so that an event keeps about the same
+    number of spikes when its duration is scaled down.
+    """
+    if hz < 0:
+        raise ValueError(f"firing rates must be >= 0 Hz, got {hz}")
+    return min(1.0, hz / 1000.0 / time_scale)
 
 
 def positive_int(name: str, v: Any) -> int:

@@ -9,6 +9,7 @@ from chronograd.training.regularization import (
     dale_metrics,
     regularizer_metrics,
 )
+from chronograd.training.tensorboard import TensorBoardLogger
 from chronograd.training.trainer import Trainer, TrainerState, TrainingInterrupted
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "History",
     "ProgressBar",
     "RegularizerStep",
+    "TensorBoardLogger",
     "Trainer",
     "TrainerState",
     "TrainingInterrupted",

@@ -206,6 +206,7 @@ class Trainer:
         self.interrupt_checkpoint: Path | None = None
         self._progress: _EpochProgress | None = None
         self._signal: int | None = None
+        self._extra_state: dict[str, Any] = {}
         self._handlers: list[
             tuple[EventFilter, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
         ] = []
@@ -243,6 +244,25 @@ class Trainer:
         check_handler(handler, filt.event, args, kwargs)
         self._handlers.append((filt, handler, args, kwargs))
         return handler
+
+    def register_state(self, name: str, obj: Any) -> None:
+        """Save ``obj`` with the trainer's checkpoints and restore it on :meth:`resume`.
+
+        For stateful objects that shape the run from its feedback (a task curriculum): ``obj``
+        has ``state_dict()`` (plain values: numbers, strings, tensors, containers) and
+        ``load_state_dict(state)``. Checkpoints keep it under ``"extra"[name]``.
+        """
+        if not (
+            callable(getattr(obj, "state_dict", None))
+            and callable(getattr(obj, "load_state_dict", None))
+        ):
+            raise TypeError(
+                f"register_state needs an object with state_dict() and load_state_dict(), got "
+                f"{type(obj).__name__}"
+            )
+        if name in self._extra_state:
+            raise ValueError(f"a state named {name!r} is already registered with this trainer")
+        self._extra_state[name] = obj
 
     def _count(self, event: Event) -> int:
         if event.name.startswith("EPOCH") or event is Event.VALIDATION_COMPLETED:
@@ -487,12 +507,20 @@ class Trainer:
             "progress": None if self._progress is None else self._progress.state_dict(),
             "regularizers": [_module_state(r) for r in self.objective.regularizers],
             "constraints": [_module_state(c) for c in self.constraints],
+            "extra": {k: v.state_dict() for k, v in self._extra_state.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("format") != "chronograd.trainer/1":
             raise ValueError(
                 f"not a chronograd trainer checkpoint (format={state.get('format')!r})"
+            )
+        extra = state.get("extra", {})
+        if set(extra) != set(self._extra_state):
+            raise ValueError(
+                f"the checkpoint holds extra state {sorted(extra)} but this trainer has "
+                f"{sorted(self._extra_state)} registered; attach the same handlers (e.g. "
+                "task.attach(trainer)) before resuming"
             )
         self.model.load_state_dict(state["model"])
         if self.optimizer is not None and state["optimizer"] is not None:
@@ -510,6 +538,8 @@ class Trainer:
             t["chunk"],
         )
         self.history.load_state_dict(state["history"])
+        for k, obj in self._extra_state.items():
+            obj.load_state_dict(extra[k])
         _restore_rng(state["rng"])
         prog = state.get("progress")
         self._progress = None if prog is None else _EpochProgress(**prog)
