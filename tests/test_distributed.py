@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from chronograd._tree import tree_leaves
 from tests.dist_worker import make_trainer, problem
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
@@ -20,6 +21,10 @@ RULES = [
     ("bptt", {}),
     ("tbptt", {"k1": 4}),
     ("tbptt", {"k1": 3, "k2": 6}),
+    ("ottt", {"online": True}),
+    ("sltt", {"k": 5}),
+    ("fptt", {}),
+    ("fptt", {"form": "two_pass", "chunk": 3}),  # its second pass is averaged over ranks too
 ]
 
 
@@ -55,12 +60,18 @@ def test_two_ranks_with_half_batches_equal_one_process_on_the_full_batch(tmp_pat
     assert all(code == 0 for code, _ in results), results
     for i, (rule, opts) in enumerate(RULES):
         model, xs, ys = problem()
-        make_trainer(model, rule, opts, distributed=False).fit([(xs, ys)], epochs=1)
+        trainer = make_trainer(model, rule, opts, distributed=False)
+        trainer.fit([(xs, ys)], epochs=1)
         got = torch.load(tmp_path / f"{i}.pt")
         for name, p in model.state_dict().items():
             torch.testing.assert_close(
                 got[name], p, rtol=1e-12, atol=1e-14, msg=f"{rule} {opts} {name}"
             )
+        # the rule's persistent state (e.g. FPTT's running average) matches too
+        carry = torch.load(tmp_path / f"{i}.carry.pt")
+        want = trainer.rule.carry_state_dict(trainer.carry)
+        for a, b in zip(tree_leaves(carry), tree_leaves(want), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=f"{rule} {opts} carry")
 
 
 def test_a_rank_that_raises_ends_the_job_with_the_error(tmp_path):

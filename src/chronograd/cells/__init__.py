@@ -10,6 +10,7 @@ from chronograd.cells.base import (
     is_cell,
 )
 from chronograd.cells.chaotic import ChaoticRNN, ChaoticState
+from chronograd.cells.feedforward import DropoutState, SequenceDropout, spiking_mlp
 from chronograd.cells.lif import ALIF, LIF, ALIFState, LIFState, lsnn_beta
 from chronograd.cells.readout import LeakyReadout, ReadoutState
 from chronograd.cells.rnn import GRU, LeakyRNN, RNNState
@@ -25,6 +26,7 @@ __all__ = [
     "Cell",
     "ChaoticRNN",
     "ChaoticState",
+    "DropoutState",
     "EmptyState",
     "FastSigmoid",
     "HoistedCell",
@@ -34,6 +36,7 @@ __all__ = [
     "Map",
     "RNNState",
     "ReadoutState",
+    "SequenceDropout",
     "Sigmoid",
     "Stack",
     "State",
@@ -46,4 +49,5 @@ __all__ = [
     "get_surrogate",
     "is_cell",
     "lsnn_beta",
+    "spiking_mlp",
 ]

@@ -16,13 +16,19 @@ from chronograd.rules.base import (
     select_parameters,
 )
 from chronograd.rules.bptt import BPTT
+from chronograd.rules.fptt import FPTT, fptt_load_average
+from chronograd.rules.ottt import OTTT
 from chronograd.rules.rls import RLS
 from chronograd.rules.run import SequenceResult, apply_to_model, gradient, run_sequence
+from chronograd.rules.sltt import SLTT
 from chronograd.rules.tbptt import TBPTT
 
 RULES: dict[str, Callable[..., LearningRule]] = {
     "bptt": BPTT,
     "tbptt": TBPTT,
+    "ottt": OTTT,
+    "sltt": SLTT,
+    "fptt": FPTT,
     "rls": RLS,
 }
 
@@ -44,14 +50,18 @@ def get(name: str, **options: Any) -> LearningRule:
 
 __all__ = [
     "BPTT",
+    "FPTT",
+    "OTTT",
     "RLS",
     "RULES",
+    "SLTT",
     "TBPTT",
     "LearningRule",
     "RuleStep",
     "SequenceResult",
     "apply_to_model",
     "default_prepare_batch",
+    "fptt_load_average",
     "get",
     "gradient",
     "grads_of",

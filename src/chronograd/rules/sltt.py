@@ -1,0 +1,141 @@
+"""Spatial learning through time, SLTT and SLTT-K (Meng et al., ICCV 2023).
+
+SLTT drops the temporal paths of BPTT: at every step the state is detached and the step's loss
+``w_t ℓ_t`` is back-propagated through the layers of that step only, so each relation gets the
+instantaneous presynaptic input::
+
+    ∇W_l += δ_{l,t}ᵀ s_{l-1,t}        δ_{l,t} = ∂(w_t ℓ_t)/∂u_{l,t} through step t only
+
+(autograd of the step with the state detached computes exactly this). Memory is flat in ``T``.
+With ``online=True`` (one update per step, each step's loss its own window) it is TBPTT(1).
+
+SLTT-K (``k=K``) back-propagates at only ``K`` steps per sequence, drawn uniformly without
+replacement among the steps that carry loss, from a seeded generator kept in the carry (so a
+run is reproducible and a checkpoint resumes the same draws); the other steps run without a
+graph. The gradient is the plain sum over the chosen steps (no ``T/K`` rescaling).
+
+Meng, Xiao, Yan, Wang, Lin, Luo: "Towards Memory- and Time-Efficient Backpropagation for
+Training Spiking Neural Networks", ICCV 2023.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, final
+
+import torch
+from torch import Tensor, nn
+
+from chronograd.cells.base import State
+from chronograd.objectives import Objective
+from chronograd.rules.base import Carry, LearningRule, RuleStep
+from chronograd.rules.instantaneous import instantaneous_window
+from chronograd.sequence import Span
+
+
+class SLTTCarry(NamedTuple):
+    """SLTT's carry.
+
+    Attributes:
+        rng: state of SLTT-K's step generator (``None`` for plain SLTT); persists.
+        graph_steps: steps back-propagated so far in this sequence.
+    """
+
+    rng: Tensor | None
+    graph_steps: int
+
+
+@final
+@dataclass(frozen=True)
+class SLTT(LearningRule):
+    """Spatial learning through time; ``k=K`` gives SLTT-K.
+
+    Args:
+        k: back-propagate at ``K`` randomly chosen steps per sequence (``None``: every step).
+        online: one update per step (``True``; not with ``k``) or one per sequence (default).
+        seed: seed of SLTT-K's step generator.
+        (plus the options shared by every rule, see :class:`LearningRule`)
+    """
+
+    k: int | None = None
+    online: bool = False
+    seed: int = 0
+
+    def _check(self) -> None:
+        if self.k is not None and (
+            not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1
+        ):
+            raise ValueError(f"k must be a positive int (steps with a graph), got {self.k!r}")
+        if not isinstance(self.online, bool):
+            raise TypeError(f"online must be a bool, got {self.online!r}")
+        if self.k is not None and self.online:
+            raise ValueError(
+                "SLTT(k=...) draws its K steps per sequence and applies one update per sequence; "
+                "online=True would apply zero updates at the other steps (which still move "
+                "momentum optimizers). Use SLTT(k=K) or SLTT(online=True)"
+            )
+        if self.accumulate and self.online:
+            raise ValueError(
+                "SLTT(online=True, accumulate=True) contradicts itself; use online=False"
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise TypeError(f"seed must be an int, got {self.seed!r}")
+
+    @property
+    def chunk_size(self) -> int | None:
+        return 1 if self.online else None
+
+    def init(self, model: nn.Module, state: State) -> Carry:
+        if self.k is None:
+            return SLTTCarry(None, 0)
+        g = torch.Generator(device="cpu")
+        g.manual_seed(self.seed)
+        return SLTTCarry(g.get_state(), 0)
+
+    def start_sequence(self, model: nn.Module, state: State, carry: Carry) -> Carry:
+        c: SLTTCarry = carry
+        return SLTTCarry(c.rng, 0)
+
+    def update(
+        self,
+        model: nn.Module,
+        xs: Tensor,
+        targets: Any,
+        state: State,
+        carry: Carry,
+        objective: Objective,
+        span: Span,
+    ) -> RuleStep:
+        c: SLTTCarry = carry
+        rng = c.rng
+        select = None
+        if self.k is not None:
+            g = torch.Generator(device="cpu")
+            assert rng is not None
+            g.set_state(rng)
+            k = self.k
+
+            def select(counted: list[bool]) -> list[bool]:
+                steps = [t for t, on in enumerate(counted) if on]
+                chosen = {steps[i] for i in torch.randperm(len(steps), generator=g)[:k].tolist()}
+                return [t in chosen for t in range(len(counted))]
+
+        def step(x: Tensor, s: State, t: int) -> tuple[Any, State]:
+            out: tuple[Any, State] = model(x, s)
+            return out
+
+        live = dict(self.trained(model))
+        r = instantaneous_window(step, xs, targets, state, objective, span, live, select)
+        if self.k is not None:
+            rng = g.get_state()
+        new = SLTTCarry(rng, c.graph_steps + r.graph_steps)
+        return RuleStep(r.grads, r.state, new, r.loss, r.outputs)
+
+    def carry_state_dict(self, carry: Carry) -> dict[str, Any] | None:
+        c: SLTTCarry = carry
+        return None if c.rng is None else {"rng": c.rng.clone()}
+
+    def load_carry_state_dict(self, model: nn.Module, state: dict[str, Any]) -> Carry:
+        if self.k is None:
+            raise ValueError("plain SLTT keeps nothing across sequences; there is no carry to load")
+        return SLTTCarry(state["rng"].clone(), 0)
