@@ -184,3 +184,11 @@ def test_cli_errors_are_one_line(capsys):
     assert main(["train", "--rule", "nope", "--epochs", "1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("chronograd train: error: unknown rule 'nope'") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "rule, option", [("tbptt", "k1"), ("fptt", "chunk"), ("rls", "every_k_steps")]
+)
+def test_cli_chunk_maps_to_each_rules_own_option(rule, option):
+    assert cg.rules.chunk_option(rule) == option
+    assert getattr(cg.rules.get(rule, **{option: 7}), option) == 7

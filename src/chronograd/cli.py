@@ -101,7 +101,7 @@ def train(args: argparse.Namespace) -> int:
     model = build_model(cell, task.input_size, task.output_size, hidden, **hints)
     opts = parse_options(args.rule_opt)
     if args.chunk is not None:
-        opts.setdefault("k1", args.chunk)
+        opts.setdefault(rules.chunk_option(args.rule), args.chunk)
     rule = rules.get(args.rule, **opts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,20 @@ def register(name: str, factory: Callable[..., LearningRule]) -> None:
     RULES[name] = factory
 
 
+def chunk_option(name: str) -> str:
+    """The option of rule ``name`` that sets its steps per update (``--chunk`` in the CLI)."""
+    key = name.lower().replace("_", "-")
+    if key not in RULES:
+        raise ValueError(f"unknown rule {name!r}; available: {', '.join(sorted(RULES))}")
+    option = getattr(RULES[key], "chunk_option", None)
+    if option is None:
+        raise ValueError(
+            f"rule {name!r} has no steps-per-update option for --chunk; set its own options "
+            "with --rule-opt KEY=VALUE"
+        )
+    return str(option)
+
+
 def get(name: str, **options: Any) -> LearningRule:
     """Build the rule registered as ``name`` with ``options`` (unknown options raise)."""
     key = name.lower().replace("_", "-")
@@ -60,6 +74,7 @@ __all__ = [
     "RuleStep",
     "SequenceResult",
     "apply_to_model",
+    "chunk_option",
     "default_prepare_batch",
     "fptt_load_average",
     "get",

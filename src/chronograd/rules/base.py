@@ -105,6 +105,10 @@ class LearningRule(abc.ABC):
     """False for rules that update weights themselves (``RuleStep.updates``, e.g. RLS): the
     trainer then builds no optimizer by default."""
 
+    chunk_option: ClassVar[str | None] = None
+    """The name of the option that sets the steps per update (``k1`` for TBPTT), if any: the
+    CLI's ``--chunk K`` sets it."""
+
     params: tuple[str, ...] | None = None
     clip_grad_norm: float | None = None
     accumulate: bool = False

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, final
+from typing import Any, ClassVar, Literal, NamedTuple, final
 
 import torch
 from torch import Tensor, nn
@@ -95,6 +95,8 @@ class FPTT(LearningRule):
     """
 
     alpha: float = 0.1
+    chunk_option: ClassVar[str | None] = "chunk"
+
     chunk: int = 1
     form: Literal["dual", "two_pass"] = "dual"
     correction: float = 0.5

@@ -112,6 +112,7 @@ class RLS(LearningRule):
     """
 
     needs_optimizer: ClassVar[bool] = False
+    chunk_option: ClassVar[str | None] = "every_k_steps"
 
     strategy: str = "inputs"
     delta: float = 1.0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple, final
+from typing import Any, ClassVar, NamedTuple, final
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,8 @@ class TBPTT(LearningRule):
         auto_ratio: fraction of ``T`` used when ``k1`` is None.
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
+
+    chunk_option: ClassVar[str | None] = "k1"
 
     k1: int | None = None
     k2: int | None = None
