@@ -24,9 +24,25 @@ from typing import Any, final
 import torch
 from torch import Tensor
 
+try:  # private, so guarded: the fast path below falls back to Function.apply without them
+    from torch._C import _are_functorch_transforms_active as _transforms_active
+    from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead
+except ImportError:  # pragma: no cover - other torch versions
+    _transforms_active = None  # type: ignore[assignment]
+
 
 class _Spike(torch.autograd.Function):
     generate_vmap_rule = True
+
+    @classmethod
+    def apply(cls, x: Tensor, surrogate: Surrogate) -> Tensor:
+        """``Function.apply`` re-binds the arguments with ``inspect.signature`` on every call
+        (about 30 µs, more than the spike itself); ``forward`` has no defaults, so outside
+        ``torch.func`` transforms we go straight to the C++ ``apply``."""
+        if _transforms_active is None or _transforms_active():
+            return super().apply(x, surrogate)
+        (x,) = _unwrap_dead((x,))
+        return super(torch.autograd.Function, cls).apply(x, surrogate)  # type: ignore[misc]
 
     @staticmethod
     def forward(x: Tensor, surrogate: Surrogate) -> Tensor:
