@@ -9,11 +9,13 @@ from chronograd.cells.base import (
     check_cell,
     is_cell,
 )
+from chronograd.cells.diagonal import DiagonalRNN
 from chronograd.cells.lif import ALIF, LIF, ALIFState, LIFState, lsnn_beta
 from chronograd.cells.readout import LeakyReadout, ReadoutState
 from chronograd.cells.rnn import GRU, LeakyRNN, RNNState
 from chronograd.cells.stack import Stack
 from chronograd.cells.surrogate import FastSigmoid, Sigmoid, Surrogate, Triangle, get_surrogate
+from chronograd.cells.synaptic import SynapticLIF, SynapticLIFState
 
 __all__ = [
     "ALIF",
@@ -21,6 +23,7 @@ __all__ = [
     "LIF",
     "ALIFState",
     "Cell",
+    "DiagonalRNN",
     "EmptyState",
     "FastSigmoid",
     "HoistedCell",
@@ -34,6 +37,8 @@ __all__ = [
     "Stack",
     "State",
     "Surrogate",
+    "SynapticLIF",
+    "SynapticLIFState",
     "Triangle",
     "check_cell",
     "get_surrogate",

@@ -16,12 +16,18 @@ from chronograd.rules.base import (
     select_parameters,
 )
 from chronograd.rules.bptt import BPTT
+from chronograd.rules.drtrl import DRTRL
+from chronograd.rules.pp_prop import ESDRTRL, PPProp
+from chronograd.rules.rtrl import RTRL
 from chronograd.rules.run import SequenceResult, apply_to_model, gradient, run_sequence
 from chronograd.rules.tbptt import TBPTT
 
 RULES: dict[str, Callable[..., LearningRule]] = {
     "bptt": BPTT,
     "tbptt": TBPTT,
+    "rtrl": RTRL,
+    "drtrl": DRTRL,
+    "pp-prop": PPProp,
 }
 
 
@@ -42,7 +48,11 @@ def get(name: str, **options: Any) -> LearningRule:
 
 __all__ = [
     "BPTT",
+    "DRTRL",
+    "ESDRTRL",
+    "RTRL",
     "RULES",
+    "PPProp",
     "TBPTT",
     "LearningRule",
     "RuleStep",

@@ -1,0 +1,480 @@
+"""Compile a model's trace graph: find relations, groups and parameters, and check they fit.
+
+:func:`compile_graph` runs one step of a float64 copy of the model at a random state and
+classifies every trained parameter by *probing* (forward-mode JVPs with all-ones and random
+tangents, and reverse-mode structure of the step with every relation output cut):
+
+* **state relation**: a linear call ``y = W z + b`` whose output unit ``h`` feeds neuron ``h``
+  of exactly one hidden group, element-wise (checked with a random tangent on ``y``);
+* **output relation**: a linear call that reaches no state (a stateless readout): exact
+  same-step gradient;
+* **per-neuron parameter**: acts on each neuron separately (shape ``(H,)``, e.g. a learnable
+  decay) or on all alike (a scalar): an exact trace ``(B, H, S)`` each;
+* **output parameter**: any other parameter that reaches only the output: exact same-step
+  gradient.
+
+It raises ``TypeError`` naming the parameter, the reason and the fix when the model does not fit:
+a weight multiplied from the left (``W @ z``), a relation input that is not ``(B, I)``, dense
+mixing after the matmul (``y`` reaching several neurons), a relation feeding two groups, a
+weight that reaches the state only through another relation (``Stack(Map(nn.Linear), LIF)``:
+its gradient needs the second weight's full Jacobian, which D-RTRL does not keep), a state that
+mixes neurons or groups other than through a relation, a parameter that changes the state but
+is neither a relation weight nor per-neuron. Probing happens at one random point, so a path
+whose derivative vanishes there (a surrogate gradient outside its support) can go unseen; the
+probe state is drawn at the scale of the thresholds to make that unlikely.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+
+from chronograd._tree import tree_leaves, tree_unflatten
+from chronograd.cells.base import HoistedCell, check_cell
+from chronograd.traces.graph import (
+    NeuronParam,
+    Relation,
+    StepOf,
+    TraceGraph,
+    _reduce_to,
+    group_signal,
+)
+from chronograd.traces.groups import HiddenGroup, hidden_groups
+from chronograd.traces.intercept import LinearCall, intercept_linears
+
+_FIX = "train it with RTRL, BPTT or TBPTT, or leave it out of the rule's params"
+
+
+def _nonzero(t: Tensor | None, scale: float = 1.0) -> bool:
+    return t is not None and bool(t.abs().max() > 1e-10 * max(1.0, scale))
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    a, b = a.detach(), b.detach()
+    scale = float(torch.maximum(a.abs().max(), b.abs().max()))
+    return bool((a - b).abs().max() <= 1e-8 * max(scale, 1e-30) + 1e-12)
+
+
+class _Probe:
+    """A float64 copy of the model, run once at a random state, with JVP helpers."""
+
+    def __init__(self, model: nn.Module, x: Tensor, state: Any, trained: Sequence[str]) -> None:
+        self.model = copy.deepcopy(model).to(torch.float64)
+        self.params = dict(self.model.named_parameters())
+        self.state = state
+        gen = torch.Generator().manual_seed(20240601)
+        self.h0 = [
+            (leaf.detach().double() + torch.randn(leaf.shape, generator=gen).to(leaf.device))
+            for leaf in tree_leaves(state)
+        ]
+        self.x = x.detach().to(torch.float64)
+        self.hoisted, self.u, self.in_calls, ys_in, self.leaf_of = self._hoist()
+        outs: list[Tensor] = []
+
+        def record(call: LinearCall, default: Any) -> Tensor:
+            y = default()
+            outs.append(y)
+            return y
+
+        with torch.no_grad(), intercept_linears(self.params, record) as rec:
+            self.step_fn()(self.u, tree_unflatten(state, self.h0))
+        self.step_calls = rec.calls
+        self.calls = list(self.in_calls) + list(self.step_calls)
+        self.y0 = [y.detach() for y in ys_in] + [y.detach() for y in outs]
+        self.n_in = len(self.in_calls)
+        self.trained = set(trained)
+
+    def step_fn(self) -> Any:
+        return self.model.step if self.hoisted else self.model
+
+    def _hoist(self) -> tuple[bool, Any, list[LinearCall], list[Tensor], dict[int, int]]:
+        """Whether the input map can run for a whole chunk, with the step input it gives."""
+        if not isinstance(self.model, HoistedCell):
+            return False, self.x, [], [], {}
+        outs: list[Tensor] = []
+
+        def record(call: LinearCall, default: Any) -> Tensor:
+            y = default()
+            outs.append(y)
+            return y
+
+        with torch.enable_grad(), intercept_linears(self.params, record) as rec:
+            u = self.model.input_map(self.x.unsqueeze(0))
+        leaves = tree_leaves(u)
+        leaf_of: dict[int, int] = {}
+        for k, y in enumerate(outs):
+            hits = [j for j, leaf in enumerate(leaves) if leaf is y]
+            if len(hits) != 1 or rec.calls[k].input.requires_grad:
+                return False, self.x, [], [], {}
+            leaf_of[k] = hits[0]
+        rel_leaves = set(leaf_of.values())
+        if any(leaf.requires_grad for j, leaf in enumerate(leaves) if j not in rel_leaves):
+            return False, self.x, [], [], {}
+        step_u = tree_unflatten(u, [leaf.detach()[0] for leaf in leaves])
+        ys = [outs[k].detach()[0] for k in range(len(outs))]
+        calls = [c._replace(input=c.input[0]) for c in rec.calls]
+        return True, step_u, calls, ys, leaf_of
+
+    def run(
+        self, h: Sequence[Tensor], ys: Sequence[Tensor], pvals: dict[str, Tensor], cut: set[int]
+    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """The step with relation outputs ``ys[i]`` injected for ``i in cut``.
+
+        Returns ``(new state leaves, output leaves, step relation inputs)``.
+        """
+        zs: list[Tensor] = []
+        pos = iter(range(self.n_in, len(self.calls)))
+
+        def handler(call: LinearCall, default: Any) -> Tensor:
+            i = next(pos)
+            zs.append(call.input)
+            return ys[i] if i in cut else default()
+
+        u = self.u
+        if self.hoisted:
+            leaves = list(tree_leaves(u))
+            for k in range(self.n_in):
+                leaves[self.leaf_of[k]] = ys[k]
+            u = tree_unflatten(u, leaves)
+        module = StepOf(self.model) if self.hoisted else self.model
+        prefix = "cell." if self.hoisted else ""
+        with intercept_linears(self.params, handler):
+            out, new = functional_call(
+                module, {prefix + n: v for n, v in pvals.items()}, (u, tree_unflatten(self.state, list(h)))
+            )
+        return tuple(tree_leaves(new)), tuple(tree_leaves(out)), tuple(zs)
+
+    def jvp(
+        self,
+        th: dict[int, Tensor] | None = None,
+        ty: dict[int, Tensor] | None = None,
+        tp: dict[str, Tensor] | None = None,
+        cut: set[int] | None = None,
+        pnames: Sequence[str] = (),
+    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """Tangents of (new state, outputs, relation inputs) for the given input tangents."""
+        cut = set(range(len(self.calls))) if cut is None else cut
+        names = sorted(set(pnames) | set(tp or {}))
+        p0 = {n: self.params[n].detach() for n in names}
+        tan_h = tuple((th or {}).get(k, torch.zeros_like(h)) for k, h in enumerate(self.h0))
+        tan_y = tuple((ty or {}).get(k, torch.zeros_like(y)) for k, y in enumerate(self.y0))
+        tan_p = {n: (tp or {}).get(n, torch.zeros_like(v)) for n, v in p0.items()}
+        _, tangents = jvp(
+            lambda h, y, p: self.run(h, y, p, cut),
+            (tuple(self.h0), tuple(self.y0), p0),
+            (tan_h, tan_y, tan_p),
+        )
+        return tangents  # type: ignore[no-any-return]
+
+
+def _group_hits(groups: Sequence[HiddenGroup], tangents: Sequence[Tensor]) -> list[int]:
+    return [gi for gi, g in enumerate(groups) if any(_nonzero(tangents[k]) for k in g.leaves)]
+
+
+def _stack(g: HiddenGroup, tangents: Sequence[Tensor]) -> Tensor:
+    return torch.stack([tangents[k] for k in g.leaves], -1)  # (B, H, S)
+
+
+def _check_groups(probe: _Probe, groups: Sequence[HiddenGroup]) -> list[Tensor]:
+    """Each group's state depends only on itself, element-wise per neuron; returns probe ``D``."""
+    Ds = []
+    gen = torch.Generator().manual_seed(7)
+    for gi, g in enumerate(groups):
+        cols = []
+        for c, leaf in enumerate(g.leaves):
+            tn, _, _ = probe.jvp(th={leaf: torch.ones_like(probe.h0[leaf])})
+            for gj in _group_hits(groups, tn):
+                if gj != gi:
+                    raise TypeError(
+                        f"the state of {groups[gj].name} depends on {g.name} ({g.fields[c]}) "
+                        "within a step other than through a relation (a linear call with a "
+                        "parameter weight). The trace engine needs groups coupled only through "
+                        f"relations; route the coupling through nn.Linear/F.linear, or {_FIX}"
+                    )
+            cols.append(_stack(g, tn))
+        D = torch.stack(cols, -1)  # (B, H, S, S): D[..., a, c]
+        rho = {k: torch.randn(probe.h0[k].shape, generator=gen).to(probe.h0[k]) for k in g.leaves}
+        tn, _, _ = probe.jvp(th=rho)
+        want = (D * torch.stack([rho[k] for k in g.leaves], -1).unsqueeze(-2)).sum(-1)
+        if not _close(_stack(g, tn), want):
+            raise TypeError(
+                f"the state of {g.name} mixes neurons within a step: with every relation output "
+                "held fixed, ∂h_t/∂h_(t-1) is not diagonal per neuron (a dense map of the state "
+                "that is not a linear call with a parameter weight, e.g. a buffer matrix, an "
+                "einsum or a normalisation over neurons). Fix: write the mixing as "
+                f"nn.Linear/F.linear with a parameter so it becomes a relation, or {_FIX}"
+            )
+        Ds.append(D)
+    return Ds
+
+
+def _relation_group(
+    probe: _Probe, groups: Sequence[HiddenGroup], i: int, call: LinearCall
+) -> tuple[int | None, Tensor | None]:
+    """The group relation ``i`` feeds and its probe ``Df`` (None, None for an output relation)."""
+    y = probe.y0[i]
+    tn, _, tz = probe.jvp(ty={i: torch.ones_like(y)})
+    hits = _group_hits(groups, tn)
+    if len(hits) > 1:
+        raise TypeError(
+            f"the output of relation {call.weight!r} feeds several hidden groups "
+            f"({', '.join(groups[g].name for g in hits)}); each output unit of a relation must "
+            "feed one neuron of one group. Fix: give each group its own nn.Linear, or " + _FIX
+        )
+    if not hits:
+        tn_u, _, _ = probe.jvp(ty={i: torch.ones_like(y)}, cut={i})
+        if any(_nonzero(t) for t in tn_u):
+            via = [
+                probe.calls[probe.n_in + k].weight
+                for k, t in enumerate(tz)
+                if _nonzero(t) and probe.n_in + k != i
+            ]
+            raise TypeError(
+                f"weight {call.weight!r} reaches the hidden state only through another "
+                f"relation ({', '.join(via) or 'a later linear call'}): its output is the input "
+                "of a second linear map, so its gradient needs that map's full Jacobian, which "
+                "D-RTRL and pp-prop do not keep. Fix: fold the two linear maps into one (drop "
+                "the Map(nn.Linear) in front of the cell), freeze it (exclude it from the rule's "
+                "params), or train the model with RTRL, BPTT or TBPTT"
+            )
+        return None, None
+    g = groups[hits[0]]
+    if y.dim() != 2 or y.shape[-1] != g.size:
+        raise TypeError(
+            f"relation {call.weight!r} gives outputs of shape {tuple(y.shape)} but feeds "
+            f"{g.name} of {g.size} neurons; a relation needs one output per neuron, (B, {g.size})"
+        )
+    Df = _stack(g, tn)
+    rho = torch.randn(y.shape, generator=torch.Generator().manual_seed(11)).to(y)
+    tn2, _, _ = probe.jvp(ty={i: rho})
+    if not _close(_stack(g, tn2), Df * rho.unsqueeze(-1)):
+        raise TypeError(
+            f"the output of relation {call.weight!r} is mixed across neurons before it reaches "
+            f"{g.name} (a dense map after the matmul, e.g. a second matrix, a softmax or a "
+            "normalisation over units): output unit h must feed neuron h only. Fix: make the "
+            f"mixing part of the relation's weight, or {_FIX}"
+        )
+    return hits[0], Df
+
+
+def _neuron_param(
+    probe: _Probe, groups: Sequence[HiddenGroup], name: str
+) -> tuple[tuple[int, ...], dict[int, Tensor]]:
+    """Groups a non-relation parameter changes, with its probe ``Dp`` per group."""
+    p = probe.params[name]
+    tn, _, tz = probe.jvp(tp={name: torch.ones_like(p)})
+    hits = _group_hits(groups, tn)
+    if not hits:
+        tn_u, _, _ = probe.jvp(tp={name: torch.ones_like(p)}, cut=set())
+        if any(_nonzero(t) for t in tn_u):
+            via = [probe.calls[probe.n_in + k].weight for k, t in enumerate(tz) if _nonzero(t)]
+            raise TypeError(
+                f"parameter {name!r} reaches the hidden state only through a relation's input "
+                f"({', '.join(via) or 'a linear call'}), so its trace would need that "
+                f"relation's full Jacobian. Fix: apply it after the linear map (per neuron), or "
+                + _FIX
+            )
+        return (), {}
+    Dps = {}
+    for gi in hits:
+        g = groups[gi]
+        Dp = _stack(g, tn)
+        if p.numel() != 1:
+            if tuple(p.shape) != (g.size,):
+                raise TypeError(
+                    f"parameter {name!r} of shape {tuple(p.shape)} changes the state of "
+                    f"{g.name} but is neither a relation weight (used in nn.Linear/F.linear/a "
+                    f"matmul) nor per-neuron (shape ({g.size},) or a scalar). Fix: use it "
+                    f"through F.linear, make it per-neuron, or {_FIX}"
+                )
+            rho = torch.randn(p.shape, generator=torch.Generator().manual_seed(13)).to(p)
+            tn2, _, _ = probe.jvp(tp={name: rho})
+            if not _close(_stack(g, tn2), Dp * rho[None, :, None]):
+                raise TypeError(
+                    f"parameter {name!r} of shape ({g.size},) does not act on each neuron of "
+                    f"{g.name} separately (element h must affect neuron h only). Fix: {_FIX}"
+                )
+        Dps[gi] = Dp
+    return tuple(hits), Dps
+
+
+def compile_graph(
+    model: nn.Module, x: Tensor, state: Any, trained: Sequence[str] | None = None
+) -> TraceGraph:
+    """Compile the trace graph of ``model`` (see the module docstring).
+
+    Args:
+        model: a chronograd cell (typically a :class:`~chronograd.cells.Stack`).
+        x: one step's input ``(B, I)``.
+        state: a state of the model for ``B`` sequences.
+        trained: names of the trained parameters (default: all with ``requires_grad``).
+
+    Raises:
+        TypeError: the model does not fit the engine (the message names the reason and fix).
+    """
+    check_cell(model, "model")
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        raise ValueError(f"x must be one step's input of shape (B, I), got {getattr(x, 'shape', x)}")
+    named = dict(model.named_parameters())
+    trained = [n for n, p in named.items() if p.requires_grad] if trained is None else list(trained)
+    groups = hidden_groups(model, state, int(x.shape[0]))
+    probe = _Probe(model, x, state, trained)
+    rel_params = {c.weight for c in probe.calls} | {c.bias for c in probe.calls if c.bias}
+    for c in probe.calls:
+        if c.form == "left" and (c.weight in probe.trained):
+            raise TypeError(
+                f"relation {c.weight!r} multiplies its input from the left (W @ z); the trace "
+                "engine needs the presynaptic dimension last. Fix: write it as F.linear(z, W) "
+                f"or z @ W.T, or {_FIX}"
+            )
+    Dprobe = _check_groups(probe, groups)
+    rels: list[dict[str, Any]] = []
+    Dfs: dict[int, Tensor] = {}
+    for i, c in enumerate(probe.calls):
+        trained_r = c.weight in probe.trained or (c.bias is not None and c.bias in probe.trained)
+        group = None
+        if trained_r:
+            if c.input.dim() != 2:
+                raise TypeError(
+                    f"relation {c.weight!r} has input of shape {tuple(c.input.shape)}; the trace "
+                    "engine needs (B, I) inputs per step. Fix: flatten the input first, or " + _FIX
+                )
+            group, Df = _relation_group(probe, groups, i, c)
+            if Df is not None:
+                Dfs[i] = Df
+        rels.append(dict(call=c, group=group, trained=trained_r))
+    cands = [n for n in trained if n not in rel_params]
+    nparams: dict[str, tuple[tuple[int, ...], dict[int, Tensor]]] = {}
+    outputs: list[str] = []
+    for n in cands:
+        hits, Dps = _neuron_param(probe, groups, n)
+        if hits:
+            nparams[n] = (hits, Dps)
+        else:
+            outputs.append(n)
+    intra, sweep, direct_r, direct_p = _structure(probe, groups, rels, nparams, Dfs, cands)
+    relations = [
+        Relation(
+            weight=r["call"].weight,
+            bias=r["call"].bias,
+            form=r["call"].form,
+            hoisted=i < probe.n_in,
+            position=r["call"].position,
+            leaf=probe.leaf_of.get(i),
+            group=r["group"],
+            trained=r["trained"],
+            direct=i in direct_r,
+            sweep=i in sweep,
+            in_features=int(r["call"].input.shape[-1]),
+            out_features=int(probe.y0[i].shape[-1]),
+        )
+        for i, r in enumerate(rels)
+    ]
+    neuron = [
+        NeuronParam(n, hits, named[n].numel() == 1, n in direct_p)
+        for n, (hits, _) in nparams.items()
+    ]
+    return TraceGraph(
+        model,
+        relations=relations,
+        groups=groups,
+        neuron_params=neuron,
+        output_params=outputs,
+        trained=trained,
+        hoisted=probe.hoisted,
+        intra=intra,
+        n_leaves=len(probe.h0),
+    )
+
+
+def _structure(
+    probe: _Probe,
+    groups: Sequence[HiddenGroup],
+    rels: list[dict[str, Any]],
+    nparams: dict[str, tuple[tuple[int, ...], dict[int, Tensor]]],
+    Dfs: dict[int, Tensor],
+    cands: Sequence[str],
+) -> tuple[dict[int, dict[int, tuple[int, ...]]], set[int], set[int], set[str]]:
+    """Reverse-mode structure of the cut step: intra-group dependencies, sweep and direct flags."""
+    h = [t.clone().requires_grad_(True) for t in probe.h0]
+    ys = [y.clone().requires_grad_(True) for y in probe.y0]
+    pvals = {n: probe.params[n].detach().clone().requires_grad_(True) for n in cands}
+    with torch.enable_grad():
+        new, out, zs = probe.run(h, ys, pvals, set(range(len(ys))))
+    intra: dict[int, dict[int, tuple[int, ...]]] = {}
+    for gi, g in enumerate(groups):
+        deps: dict[int, tuple[int, ...]] = {}
+        for c, lc in enumerate(g.leaves):
+            if not new[lc].requires_grad:
+                continue
+            others = [a for a in range(g.S) if a != c]
+            if not others:
+                continue
+            gs = torch.autograd.grad(
+                new[lc], [new[g.leaves[a]] for a in others], torch.ones_like(new[lc]),
+                retain_graph=True, allow_unused=True,
+            )  # fmt: skip
+            found = tuple(a for a, gr in zip(others, gs) if gr is not None)
+            if found:
+                deps[c] = found
+        if deps:
+            intra[gi] = deps
+    group_leaves = [k for g in groups for k in g.leaves]
+    targets = [new[k] for k in group_leaves] + ys + list(pvals.values())
+    sweep: set[int] = set()
+    for k, z in enumerate(zs):
+        if z.requires_grad:
+            gs = torch.autograd.grad(z, targets, torch.ones_like(z), retain_graph=True, allow_unused=True)
+            if any(gr is not None for gr in gs):  # structural: None means no path at all
+                sweep.add(probe.n_in + k)
+    # direct paths: random cotangents on the outputs, then on the relation inputs
+    gen = torch.Generator().manual_seed(17)
+    direct_r: set[int] = set()
+    direct_p: set[str] = set()
+    state_r = [i for i in Dfs]
+    state_p = list(nparams)
+    for kind, roots in (("output", list(out)), ("relation input", list(zs))):
+        roots = [r for r in roots if r.requires_grad and r.is_floating_point()]
+        if not roots:
+            continue
+        cots = [torch.randn(r.shape, generator=gen).to(r) for r in roots]
+        ins = [new[k] for k in group_leaves] + [ys[i] for i in state_r] + [pvals[n] for n in state_p]
+        gs = torch.autograd.grad(roots, ins, cots, retain_graph=True, allow_unused=True)
+        g_new: list[Tensor] = list(probe.h0)
+        for k, leaf in enumerate(group_leaves):
+            g_new[leaf] = torch.zeros_like(new[leaf]) if gs[k] is None else gs[k]
+        delta = [group_signal(g, intra.get(gi), g_new, new) for gi, g in enumerate(groups)]
+        off = len(group_leaves)
+        for k, i in enumerate(state_r):
+            gy = gs[off + k]
+            total = torch.zeros_like(ys[i]) if gy is None else gy
+            via = (delta[rels[i]["group"]] * Dfs[i]).sum(-1)
+            if not _close(total, via):
+                if kind == "output":
+                    direct_r.add(i)
+                else:
+                    raise TypeError(
+                        f"the output of relation {rels[i]['call'].weight!r} reaches another "
+                        "relation's input other than through the state it feeds; its gradient "
+                        f"would need that relation's full Jacobian. Fix: {_FIX}"
+                    )
+        off += len(state_r)
+        for k, n in enumerate(state_p):
+            gp = gs[off + k]
+            total = torch.zeros_like(pvals[n]) if gp is None else gp
+            hits, Dps = nparams[n]
+            via = sum(_reduce_to(delta[gi] * Dps[gi], pvals[n]) for gi in hits)
+            if not _close(total, via):  # type: ignore[arg-type]
+                if kind == "output":
+                    direct_p.add(n)
+                else:
+                    raise TypeError(
+                        f"parameter {n!r} reaches a relation's input other than through the "
+                        f"state; its gradient would need that relation's full Jacobian. Fix: {_FIX}"
+                    )
+    return intra, sweep, direct_r, direct_p
