@@ -188,7 +188,10 @@ def test_total_signal_would_double_count_on_the_two_state_lif():
     chunk = gr.prepare(xs)
     for t in range(T):
         s = gr.step(chunk, t, state, loss=lambda o, t=t: (w[t] * ((o - ys[t]) ** 2).mean(-1)).sum())
-        e = torch.einsum("bhac,bihc->biha", s.D[0], e) + s.inputs[0][:, :, None, None] * s.Df[0][:, None]
+        e = (
+            torch.einsum("bhac,bihc->biha", s.D[0], e)
+            + s.inputs[0][:, :, None, None] * s.Df[0][:, None]
+        )
         good += torch.einsum("biha,bha->ih", e, s.delta[0])
         total = s.delta[0][..., :1].expand(-1, -1, 2)  # g_i = g_v: the total derivative
         bad += torch.einsum("biha,bha->ih", e, total)
@@ -275,8 +278,13 @@ def _early_out(cell, x, h):  # the output is taken before the state is final: vi
     "step, extra",
     [
         (_direct_out, None),
-        (_shared_leak, {"a": nn.Parameter(torch.tensor(0.3, dtype=D)),
-                        "b": nn.Parameter(torch.randn(5, dtype=D))}),  # fmt: skip
+        (
+            _shared_leak,
+            {
+                "a": nn.Parameter(torch.tensor(0.3, dtype=D)),
+                "b": nn.Parameter(torch.randn(5, dtype=D)),
+            },
+        ),
         (_threshold, {"th": nn.Parameter(torch.randn(5, dtype=D))}),
     ],
 )

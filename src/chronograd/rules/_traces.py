@@ -31,9 +31,7 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-_GRAPHS: weakref.WeakKeyDictionary[nn.Module, dict[Any, TraceGraph]] = (
-    weakref.WeakKeyDictionary()
-)
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, dict[Any, TraceGraph]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -76,7 +74,9 @@ def check_chunk(value: Any) -> None:
 
 
 def _key(model: nn.Module, x: Tensor, state: State, trained: Sequence[str]) -> Any:
-    params = tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in model.named_parameters())
+    params = tuple(
+        (n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in model.named_parameters()
+    )
     leaves = tuple((tuple(t.shape[1:]), t.dtype) for t in tree_leaves(state))
     return (tuple(trained), tuple(x.shape[1:]), x.dtype, x.device.type, leaves, params)
 
@@ -134,13 +134,15 @@ def run_chunk(
     chunk = graph.prepare(xs)
     per_leaf = tree_leaves(state)
     ref = per_leaf[0] if per_leaf else xs
-    w = objective.weights(span.total, B, start=span.start, stop=span.stop, device=xs.device, dtype=ref.dtype)
+    w = objective.weights(
+        span.total, B, start=span.start, stop=span.stop, device=xs.device, dtype=ref.dtype
+    )
     counted = w.ne(0).any(1).tolist()
     grads: dict[str, Tensor] = {}
     outs: list[Any] = []
     total = torch.zeros((), device=xs.device, dtype=ref.dtype)
     for t in range(T):
-        target_t = tree_map(lambda y, t=t: y[t : t + 1], targets)
+        target_t = _at(targets, t)
 
         def loss(out: Any, t: int = t, target_t: Any = target_t) -> Tensor:
             per = objective.per_sample(tree_map(lambda o: o.unsqueeze(0), out), target_t)
@@ -169,6 +171,11 @@ def run_chunk(
     return RuleStep(full, state, carry, total.detach(), tree_stack(outs))
 
 
+def _at(targets: Any, t: int) -> Any:
+    """Step ``t`` of time-first targets, keeping the time axis: ``(1, B, ...)``."""
+    return tree_map(lambda y: y[t : t + 1], targets)
+
+
 def add_grad(grads: dict[str, Tensor], name: str, value: Tensor) -> None:
     """``grads[name] += value`` (creating it)."""
     grads[name] = grads[name] + value if name in grads else value
@@ -191,7 +198,9 @@ def neuron_traces(graph: TraceGraph, s: TraceStep, carry: TraceCarry, counted: b
                 add_grad(grads, p.name, _reduce(s.delta[gi] * e, p.shared))
 
 
-def mix_small(e: Tensor, D: Tensor, src: Tensor, scale: float = 1.0, src_scale: float = 1.0) -> None:
+def mix_small(
+    e: Tensor, D: Tensor, src: Tensor, scale: float = 1.0, src_scale: float = 1.0
+) -> None:
     """In place ``e ← scale · (D e) + src_scale · src`` for ``(B, H, S)`` traces, ``D`` (B,H,S,S)."""
     D = D.to(e.dtype)
     if e.shape[-1] == 1:

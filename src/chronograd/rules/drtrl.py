@@ -65,7 +65,7 @@ class DRTRL(LearningRule):
     """
 
     mode: Literal["single-step", "multi-step"] = "single-step"
-    chunk_size: int | None = None  # type: ignore[assignment]
+    chunk_size: int | None = None
     trace_dtype: torch.dtype | str | None = None
 
     def _check(self) -> None:

@@ -63,7 +63,7 @@ class PPProp(LearningRule):
 
     decay: float | None = None
     rank: int | None = None
-    chunk_size: int | None = None  # type: ignore[assignment]
+    chunk_size: int | None = None
     trace_dtype: torch.dtype | str | None = None
 
     def _check(self) -> None:

@@ -31,7 +31,7 @@ from torch.func import functional_call, jvp, vmap
 from chronograd._tree import detach, tree_leaves, tree_map, tree_stack, tree_unflatten
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules._traces import check_chunk
+from chronograd.rules._traces import _at, check_chunk
 from chronograd.rules.base import Carry, LearningRule, RuleStep, penalty_grads
 from chronograd.sequence import Span
 
@@ -47,7 +47,7 @@ class RTRL(LearningRule):
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
-    chunk_size: int | None = None  # type: ignore[assignment]
+    chunk_size: int | None = None
     directions: int = 512
 
     def _check(self) -> None:
@@ -80,7 +80,9 @@ class RTRL(LearningRule):
         )
         T, B = xs.shape[0], xs.shape[1]
         dtype = leaves[0].dtype if leaves else xs.dtype
-        w = objective.weights(span.total, B, start=span.start, stop=span.stop, device=xs.device, dtype=dtype)
+        w = objective.weights(
+            span.total, B, start=span.start, stop=span.stop, device=xs.device, dtype=dtype
+        )
         p0 = {n: params[n].detach() for n in names}
         eye = torch.eye(P, device=xs.device, dtype=p0[names[0]].dtype) if P else None
         grad = torch.zeros(P, device=xs.device, dtype=dtype)
@@ -88,12 +90,19 @@ class RTRL(LearningRule):
         outs, total = [], torch.zeros((), device=xs.device, dtype=dtype)
         for t in range(T):
 
-            def f(h: tuple[Tensor, ...], p: dict[str, Tensor], t: int = t) -> tuple[Any, Any]:
-                out, new = functional_call(model, p, (xs[t], tree_unflatten(state, list(h))))
+            def f(
+                h: tuple[Tensor, ...], p: dict[str, Tensor], t: int = t, s: State = state
+            ) -> tuple[Any, Any]:
+                out, new = functional_call(model, p, (xs[t], tree_unflatten(s, list(h))))
                 return tuple(tree_leaves(out)), tuple(tree_leaves(new))
 
-            def direction(tan_h: tuple[Tensor, ...], tan_p: dict[str, Tensor]) -> Any:
-                return jvp(f, (tuple(leaves), p0), (tan_h, tan_p))
+            def direction(
+                tan_h: tuple[Tensor, ...],
+                tan_p: dict[str, Tensor],
+                h0: Any = tuple(leaves),
+                f: Any = f,
+            ) -> Any:
+                return jvp(f, (h0, p0), (tan_h, tan_p))
 
             out_t, new_t, dout, dnew = [], [], [], []
             for start in range(0, P, self.directions):
@@ -112,25 +121,28 @@ class RTRL(LearningRule):
             o_leaves = [x.detach().requires_grad_(True) for x in out_t]
             out = tree_unflatten(template, o_leaves)
             per = objective.per_sample(
-                tree_map(lambda v: v.unsqueeze(0), out), tree_map(lambda y, t=t: y[t : t + 1], targets)
+                tree_map(lambda v: v.unsqueeze(0), out),
+                _at(targets, t),
             )
             ell = (w[t] * per[0]).sum()
             if ell.requires_grad and P:
                 gouts = torch.autograd.grad(ell, o_leaves, allow_unused=True)
-                for k in range(len(dout)):
-                    for g, d in zip(gouts, dout[k]):
+                for k, douts in enumerate(dout):
+                    for g, d in zip(gouts, douts):
                         if g is not None:
-                            start = k * self.directions
-                            grad[start : start + d.shape[0]] += (d * g).flatten(1).sum(1)
+                            first = k * self.directions
+                            grad[first : first + d.shape[0]] += (d * g).flatten(1).sum(1)
             M = [torch.cat([d[j] for d in dnew], 0).movedim(0, -1) for j in range(len(leaves))]
             leaves = [x.detach() for x in new_t]
             state = tree_unflatten(state, leaves)
             outs.append(detach(out))
             total = total + ell.detach()
-        grads = dict(zip(names, (g.reshape(params[n].shape) for n, g in zip(names, grad.split(sizes)))))
+        grads = dict(
+            zip(names, (g.reshape(params[n].shape) for n, g in zip(names, grad.split(sizes))))
+        )
         pen = penalty_grads(objective, dict(params))
-        for k, v in (pen or {}).items():
-            grads[k] = grads[k] + v
+        for name, v in (pen or {}).items():
+            grads[name] = grads[name] + v
         return RuleStep(grads, state, M, total, tree_stack(outs))
 
 

@@ -145,7 +145,9 @@ class _Probe:
         prefix = "cell." if self.hoisted else ""
         with intercept_linears(self.params, handler):
             out, new = functional_call(
-                module, {prefix + n: v for n, v in pvals.items()}, (u, tree_unflatten(self.state, list(h)))
+                module,
+                {prefix + n: v for n, v in pvals.items()},
+                (u, tree_unflatten(self.state, list(h))),
             )
         return tuple(tree_leaves(new)), tuple(tree_leaves(out)), tuple(zs)
 
@@ -164,12 +166,12 @@ class _Probe:
         tan_h = tuple((th or {}).get(k, torch.zeros_like(h)) for k, h in enumerate(self.h0))
         tan_y = tuple((ty or {}).get(k, torch.zeros_like(y)) for k, y in enumerate(self.y0))
         tan_p = {n: (tp or {}).get(n, torch.zeros_like(v)) for n, v in p0.items()}
-        _, tangents = jvp(
+        out = jvp(
             lambda h, y, p: self.run(h, y, p, cut),
             (tuple(self.h0), tuple(self.y0), p0),
             (tan_h, tan_y, tan_p),
         )
-        return tangents  # type: ignore[no-any-return]
+        return out[1]
 
 
 def _group_hits(groups: Sequence[HiddenGroup], tangents: Sequence[Tensor]) -> list[int]:
@@ -319,7 +321,9 @@ def compile_graph(
     """
     check_cell(model, "model")
     if not isinstance(x, Tensor) or x.dim() != 2:
-        raise ValueError(f"x must be one step's input of shape (B, I), got {getattr(x, 'shape', x)}")
+        raise ValueError(
+            f"x must be one step's input of shape (B, I), got {getattr(x, 'shape', x)}"
+        )
     named = dict(model.named_parameters())
     trained = [n for n, p in named.items() if p.requires_grad] if trained is None else list(trained)
     groups = hidden_groups(model, state, int(x.shape[0]))
@@ -332,7 +336,7 @@ def compile_graph(
                 "engine needs the presynaptic dimension last. Fix: write it as F.linear(z, W) "
                 f"or z @ W.T, or {_FIX}"
             )
-    Dprobe = _check_groups(probe, groups)
+    _check_groups(probe, groups)
     rels: list[dict[str, Any]] = []
     Dfs: dict[int, Tensor] = {}
     for i, c in enumerate(probe.calls):
@@ -429,7 +433,9 @@ def _structure(
     sweep: set[int] = set()
     for k, z in enumerate(zs):
         if z.requires_grad:
-            gs = torch.autograd.grad(z, targets, torch.ones_like(z), retain_graph=True, allow_unused=True)
+            gs = torch.autograd.grad(
+                z, targets, torch.ones_like(z), retain_graph=True, allow_unused=True
+            )
             if any(gr is not None for gr in gs):  # structural: None means no path at all
                 sweep.add(probe.n_in + k)
     # direct paths: random cotangents on the outputs, then on the relation inputs
@@ -443,7 +449,9 @@ def _structure(
         if not roots:
             continue
         cots = [torch.randn(r.shape, generator=gen).to(r) for r in roots]
-        ins = [new[k] for k in group_leaves] + [ys[i] for i in state_r] + [pvals[n] for n in state_p]
+        ins = (
+            [new[k] for k in group_leaves] + [ys[i] for i in state_r] + [pvals[n] for n in state_p]
+        )
         gs = torch.autograd.grad(roots, ins, cots, retain_graph=True, allow_unused=True)
         g_new: list[Tensor] = list(probe.h0)
         for k, leaf in enumerate(group_leaves):

@@ -40,7 +40,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from chronograd._tree import detach, tree_leaves, tree_unflatten
-from chronograd.cells.base import HoistedCell
 from chronograd.traces.groups import HiddenGroup
 from chronograd.traces.intercept import Form, LinearCall, intercept_linears
 
@@ -276,7 +275,7 @@ class TraceGraph:
             return u
         leaves = list(tree_leaves(u))
         for i in self._in_rel:
-            leaves[self.relations[i].leaf] = ys[i]  # type: ignore[index,call-overload]
+            leaves[self.relations[i].leaf] = _some(ys, i)  # type: ignore[index]
         return tree_unflatten(u, leaves)
 
     def step(
@@ -372,7 +371,9 @@ class TraceGraph:
         self, h_prev: list[Tensor], new: list[Tensor], ys: list[Tensor | None]
     ) -> tuple[tuple[Tensor, ...], tuple[Tensor | None, ...]]:
         """``D`` per group and ``Df`` per trained state relation, by one-hot VJPs of the cut step."""
-        D = [h_prev[g.leaves[0]].new_zeros(*h_prev[g.leaves[0]].shape, g.S, g.S) for g in self.groups]
+        D = [
+            h_prev[g.leaves[0]].new_zeros(*h_prev[g.leaves[0]].shape, g.S, g.S) for g in self.groups
+        ]
         Df: list[Tensor | None] = [None] * len(self.relations)
         rels = [i for i in self._state_rel if self.relations[i].trained]
         for i in rels:
@@ -381,23 +382,23 @@ class TraceGraph:
             Df[i] = y.new_zeros(*y.shape, self.groups[self.relations[i].group].S)  # type: ignore[index]
         for a in range(self.S_max):
             outs = [
-                new[g.leaves[a]] for g in self.groups if g.S > a and new[g.leaves[a]].requires_grad
+                new[g.leaves[a]] for g in self.groups if a < g.S and new[g.leaves[a]].requires_grad
             ]
             if not outs:
                 continue
-            ins = [h_prev[leaf] for g in self.groups for leaf in g.leaves] + [ys[i] for i in rels]
+            ins = [h_prev[leaf] for g in self.groups for leaf in g.leaves] + _all(ys, rels)
             grads = torch.autograd.grad(
                 outs, ins, [torch.ones_like(o) for o in outs], retain_graph=True, allow_unused=True
             )
             k = 0
             for gi, g in enumerate(self.groups):
                 for c in range(g.S):
-                    if grads[k] is not None and g.S > a:
+                    if grads[k] is not None and a < g.S:
                         D[gi][..., a, c] = grads[k]
                     k += 1
             for i in rels:
                 gy = grads[k]
-                if gy is not None and self.groups[self.relations[i].group].S > a:  # type: ignore[index]
+                if gy is not None and a < self.groups[self.relations[i].group].S:  # type: ignore[index]
                     Df[i][..., a] = gy  # type: ignore[index]
                 k += 1
         return tuple(D), tuple(Df)
@@ -422,12 +423,16 @@ class TraceGraph:
         hv = [h.detach() for h in h_prev]
         for direction in self._directions:
             order = iter(self._step_rel)
+
+            def inject(call: LinearCall, default: Any, order: Any = order) -> Tensor:
+                return _some(yv, next(order))
+
             with fwAD.dual_level(), torch.no_grad():
                 duals = {
                     prefix + p.name: fwAD.make_dual(params[p.name], torch.ones_like(params[p.name]))
                     for p in direction
                 }
-                with intercept_linears(params, lambda call, default: yv[next(order)]):  # type: ignore[arg-type,return-value]
+                with intercept_linears(params, inject):
                     _, new_state = functional_call(module, duals, (uv, tree_unflatten(state, hv)))
                 tangents = [fwAD.unpack_dual(leaf).tangent for leaf in tree_leaves(new_state)]
             for p in direction:
@@ -460,7 +465,7 @@ class TraceGraph:
         the cut relations are crossed backwards, latest call first, each with one VJP through
         its (uncut) output ``full[i]``.
         """
-        grads = list(
+        grads: list[Tensor | None] = list(
             torch.autograd.grad(roots, targets, cots, retain_graph=True, allow_unused=True)
         )
         base = len(targets) - len(relations)
@@ -472,7 +477,8 @@ class TraceGraph:
             more = torch.autograd.grad(y, targets, gy, retain_graph=True, allow_unused=True)
             for j, m in enumerate(more):
                 if m is not None:
-                    grads[j] = m if grads[j] is None else grads[j] + m  # type: ignore[operator]
+                    prev = grads[j]
+                    grads[j] = m if prev is None else prev + m
         return grads
 
     def _group_signal(self, gi: int, g_new: list[Tensor], new: list[Tensor]) -> Tensor:
@@ -492,14 +498,16 @@ class TraceGraph:
         """``δ_t`` per group and the exact same-step gradients."""
         group_leaves = [leaf for g in self.groups for leaf in g.leaves]
         exact_p = list(self.output_params) + [p.name for p in self.neuron_params if p.direct]
-        y_idx = [i for i, r in enumerate(self.relations) if r.trained and (r.group is None or r.direct)]
+        y_idx = [
+            i for i, r in enumerate(self.relations) if r.trained and (r.group is None or r.direct)
+        ]
         sweep = list(self._sweep_rel)
         others = [i for i in y_idx if i not in sweep]
         targets = (
             [new[leaf] for leaf in group_leaves]
             + [params[n] for n in exact_p]
-            + [ys[i] for i in others]  # type: ignore[misc]
-            + [ys[i] for i in sweep]  # type: ignore[misc]
+            + _all(ys, others)
+            + _all(ys, sweep)
         )
         grads = self._sweep([ell], [torch.ones_like(ell)], targets, ys, full, sweep)
         g_new: list[Tensor] = [torch.zeros(0)] * len(new)
@@ -547,7 +555,7 @@ class TraceGraph:
             cots = [torch.ones_like(ell)] + [
                 -delta[gi][..., a] for a, leaf in enumerate(g.leaves) if new[leaf].requires_grad
             ]
-            targets = [h_prev[leaf] for leaf in g.leaves] + [ys[i] for i in rels]  # type: ignore[misc]
+            targets = [h_prev[leaf] for leaf in g.leaves] + _all(ys, rels)
             grads = self._sweep(roots, cots, targets, ys, full, rels)
             cols = [
                 torch.zeros_like(h_prev[leaf]) if grads[a] is None else grads[a]
@@ -585,6 +593,16 @@ def group_signal(
             if T is not None:
                 M[..., a, c] = T  # (I + T_offᵀ)[a, c] = T[c, a], per neuron
     return torch.linalg.solve(M, gs.unsqueeze(-1)).squeeze(-1)
+
+
+def _some(xs: Sequence[Tensor | None], i: int) -> Tensor:
+    x = xs[i]
+    assert x is not None, "relation output missing: the step's calls changed"
+    return x
+
+
+def _all(xs: Sequence[Tensor | None], idx: Sequence[int]) -> list[Tensor]:
+    return [_some(xs, i) for i in idx]
 
 
 def _reduce_to(x: Tensor, p: Tensor) -> Tensor:

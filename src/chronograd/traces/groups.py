@@ -52,7 +52,7 @@ class HiddenGroup(NamedTuple):
     size: int
 
     @property
-    def S(self) -> int:  # noqa: N802 - the paper's symbol
+    def S(self) -> int:
         """State variables per neuron."""
         return len(self.leaves)
 
@@ -82,9 +82,7 @@ def _shape_error(path: str, t: Tensor, batch: int) -> TypeError:
     )
 
 
-def _declared(
-    cell: nn.Module, node: Any, path: str, start: int, batch: int
-) -> list[HiddenGroup]:
+def _declared(cell: nn.Module, node: Any, path: str, start: int, batch: int) -> list[HiddenGroup]:
     spec = cell.trace_groups()  # type: ignore[operator]
     if not hasattr(node, "_fields"):
         raise TypeError(
@@ -116,7 +114,9 @@ def _declared(
                 f"equal shapes (B, H), got {sorted(shapes)}"
             )
         groups.append(
-            HiddenGroup(f"{path}[{','.join(g)}]", tuple(offsets[f] for f in g), tuple(g), t.shape[1])
+            HiddenGroup(
+                f"{path}[{','.join(g)}]", tuple(offsets[f] for f in g), tuple(g), t.shape[1]
+            )
         )
     return groups
 
@@ -135,7 +135,8 @@ def _walk(cell: Any, node: Any, path: str, start: int, batch: int) -> list[Hidde
         if node.dim() != 2 or node.shape[0] != batch:
             raise _shape_error(path or "state", node, batch)
         return [HiddenGroup(f"{path}[state]", (start,), ("state",), node.shape[1])]
-    out, pending = [], {}  # shape -> (fields, leaves)
+    out = []
+    pending: dict[tuple[int, ...], tuple[list[str], list[int]]] = {}  # shape -> (fields, leaves)
     pos = start
     for field, child in _children(node):
         if isinstance(child, Tensor):
