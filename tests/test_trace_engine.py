@@ -180,22 +180,20 @@ def test_total_signal_would_double_count_on_the_two_state_lif():
     model = Stack(SynapticLIF(4, 6, recurrent=False, tau_mem=4.0), LeakyReadout(6, 2)).double()
     xs, ys = data()
     gr = graph(model)
-    state = model.init_state(B, dtype=D)
+    w = cg.Objective("mse").weights(T, B, dtype=D)
+    blk = gr.run(  # the whole sequence as one block of T steps
+        gr.prepare(xs), 0, T, model.init_state(B, dtype=D),
+        loss=lambda o: (w * ((o - ys) ** 2).mean(-1)).sum(),
+    )  # fmt: skip
     e = torch.zeros(B, 4, 6, 2, dtype=D)
     good = torch.zeros(4, 6, dtype=D)
     bad = torch.zeros(4, 6, dtype=D)
-    w = cg.Objective("mse").weights(T, B, dtype=D)
-    chunk = gr.prepare(xs)
     for t in range(T):
-        s = gr.step(chunk, t, state, loss=lambda o, t=t: (w[t] * ((o - ys[t]) ** 2).mean(-1)).sum())
-        e = (
-            torch.einsum("bhac,bihc->biha", s.D[0], e)
-            + s.inputs[0][:, :, None, None] * s.Df[0][:, None]
-        )
-        good += torch.einsum("biha,bha->ih", e, s.delta[0])
-        total = s.delta[0][..., :1].expand(-1, -1, 2)  # g_i = g_v: the total derivative
+        D_t, Df_t, z_t, d_t = blk.D[0][t], blk.Df[0][t], blk.inputs[0][t], blk.delta[0][t]
+        e = torch.einsum("bhac,bihc->biha", D_t, e) + z_t[:, :, None, None] * Df_t[:, None]
+        good += torch.einsum("biha,bha->ih", e, d_t)
+        total = d_t[..., :1].expand(-1, -1, 2)  # g_i = g_v: the total derivative
         bad += torch.einsum("biha,bha->ih", e, total)
-        state = s.state
     ref = cg.gradient(cg.BPTT(), model, xs, ys, cg.Objective("mse"))["layers.0.input.weight"]
     torch.testing.assert_close(good.t(), ref, rtol=1e-9, atol=1e-12)
     assert (bad.t() - ref).norm() > 0.1 * ref.norm()
@@ -320,3 +318,42 @@ def test_multi_step_adds_the_previous_state_term():
     b = cg.gradient(DRTRL(), lif, *data(), obj)
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        LIF(4, 5, detach_reset=False),
+        ALIF(4, 5, beta=0.4, tau_adapt=6.0, detach_reset=False),
+        SynapticLIF(4, 5, detach_reset=False),
+        LeakyRNN(4, 5, alpha=0.4, activation="sigmoid"),
+        DiagonalRNN(4, 5, normalize=False),
+        LeakyReadout(4, 5, kappa=0.3),
+    ],
+)
+def test_analytic_fast_path_matches_autodiff(cell):
+    model = Stack(cell, LeakyReadout(5, 2)).double()
+    g = graph(model)
+    assert g.analytic == {0, 1}, repr(g)
+    x = torch.rand(B, 4, dtype=D)
+    st = tuple(type(s)(*(torch.rand_like(t) * 2 for t in s)) for s in model.init_state(B, dtype=D))
+    fast = g.solve(x, st)
+    g.analytic = frozenset()  # force the autodiff path
+    slow = g.solve(x, st)
+    for a, b in zip(fast.D + fast.Df, slow.D + slow.Df):
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
+def test_a_wrong_formula_is_not_used(monkeypatch):
+    import chronograd.traces.analytic as analytic
+
+    def wrong(cell, prev, new):  # D = 0.5 instead of α
+        v = prev["v"]
+        return torch.full((*v.shape, 1, 1), 0.5, dtype=D), torch.ones(*v.shape, 1, dtype=D)
+
+    monkeypatch.setitem(analytic.FORMULAS, LIF, wrong)
+    model = Stack(LIF(4, 5, recurrent=False), LeakyReadout(5, 2)).double()
+    g = graph(model)
+    assert g.analytic == {1} and "layers.0[v]: H=5, S=1 (v), D/Df by autodiff" in repr(g)
+    assert_matches_bptt(DRTRL(), model, *data(), cg.Objective("mse"), rtol=1e-9)

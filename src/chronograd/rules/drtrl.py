@@ -39,16 +39,19 @@ from chronograd.objectives import Objective
 from chronograd.rules._traces import (
     TraceCarry,
     add_grad,
+    bias_traces,
     check_chunk,
     check_trace_dtype,
     check_trace_model,
-    mix_small,
+    matmul,
+    matvec,
     neuron_traces,
     run_chunk,
 )
 from chronograd.rules.base import Carry, LearningRule, RuleStep
 from chronograd.sequence import Span
-from chronograd.traces.graph import TraceGraph, TraceStep
+from chronograd.traces.graph import TraceGraph
+from chronograd.traces.structure import TraceBlock
 
 
 @final
@@ -93,85 +96,113 @@ class DRTRL(LearningRule):
     ) -> RuleStep:
         dtype = self.trace_dtype if isinstance(self.trace_dtype, torch.dtype) else None
 
-        def on_step(graph: TraceGraph, s: TraceStep, c: TraceCarry, counted: bool,
-                    grads: dict[str, Tensor]) -> None:  # fmt: skip
-            relation_traces(graph, s, c, counted, grads, dtype)
-            neuron_traces(graph, s, c, counted, grads, dtype)
+        def on_block(graph: TraceGraph, blk: TraceBlock, c: TraceCarry,
+                     grads: dict[str, Tensor]) -> None:  # fmt: skip
+            weight_traces(graph, blk, c, grads, dtype)
+            bias_traces(graph, blk, c, grads, dtype)
+            neuron_traces(graph, blk, c, grads, dtype)
 
         return run_chunk(
             model, self.trained(model), xs, targets, state, carry, objective, span,
-            on_step=on_step, multi_step=self.mode == "multi-step",
+            on_block=on_block, multi_step=self.mode == "multi-step",
         )  # fmt: skip
 
 
-def relation_traces(
+def weight_traces(
     graph: TraceGraph,
-    s: TraceStep,
+    blk: TraceBlock,
     carry: TraceCarry,
-    counted: bool,
     grads: dict[str, Tensor],
     dtype: torch.dtype | None,
 ) -> None:
-    """Update every relation's weight and bias trace and add ``Σ δ ⊙ e`` to the gradient."""
+    """Advance every trained relation's weight trace over the block and add its gradient."""
     for i, r in enumerate(graph.relations):
-        if r.group is None or not r.trained:
+        if r.group is None or r.weight not in graph.trained:
             continue
-        z, Df, D = s.inputs[i], s.Df[i], s.D[r.group]
+        z, Df = blk.inputs[i], blk.Df[i]
         assert z is not None and Df is not None
-        delta = s.delta[r.group] if (counted and s.delta is not None) else None
-        prev = s.delta_prev[r.group] if (counted and s.delta_prev is not None) else None
-        if r.weight in graph.trained:
-            e = carry.weight.get(i)
-            if e is None:
-                B, H, S = Df.shape
-                e = carry.weight[i] = Df.new_zeros(B, z.shape[1], H, S, dtype=dtype or Df.dtype)
-            g = weight_trace_step(e, D, z, Df, delta, prev)
-            if g is not None:
-                add_grad(grads, r.weight, g.t() if r.form == "linear" else g)
-        if r.bias is not None and r.bias in graph.trained:
-            eb = carry.bias.get(i)
-            if eb is None:
-                eb = carry.bias[i] = torch.zeros_like(Df, dtype=dtype or Df.dtype)
-            if prev is not None:
-                add_grad(grads, r.bias, (prev * eb).sum((0, 2)))
-            mix_small(eb, D, Df)
-            if delta is not None:
-                add_grad(grads, r.bias, (delta * eb).sum((0, 2)))
+        e = carry.weight.get(i)
+        fresh = e is None
+        if e is None:  # written in full by the first advance (no zero fill)
+            _, B, H, S = Df.shape
+            e = carry.weight[i] = Df.new_empty(S, B, z.shape[-1], H, dtype=dtype or Df.dtype)
+        delta = None if blk.delta is None else blk.delta[r.group]
+        prev = None if blk.delta_prev is None else blk.delta_prev[r.group]
+        g = advance(e, z, blk.D[r.group], Df, delta, prev, fresh)
+        if g is not None:
+            add_grad(grads, r.weight, g.t() if r.form == "linear" else g)
 
 
-def weight_trace_step(
+def advance(
     e: Tensor,
-    D: Tensor,
     z: Tensor,
+    D: Tensor,
     Df: Tensor,
     delta: Tensor | None,
     prev: Tensor | None,
+    fresh: bool = False,
 ) -> Tensor | None:
-    """One D-RTRL step of a weight trace, in place; returns its gradient ``(I, H)`` (or None).
+    """Advance a weight trace over ``K`` steps in place; return the steps' gradient ``(I, H)``.
+
+    With steps ``s = 0..K-1``, ``e_s = D_s e_{s-1} + z_s ⊗ Df_s`` and ``e_{-1} = e`` (given)::
+
+        Σ_s <δ_s, e_s> + <δ^prev_s, e_{s-1}>  =  <μ, e_{-1}> + Σ_s z_s ⊗ <Df_s, λ_s>
+        λ_{K-1} = δ'_{K-1},  λ_s = δ'_s + D_{s+1}ᵀ λ_{s+1},  μ = D_0ᵀ λ_0 + δ^prev_0
+        e_{K-1} = Q_{-1} e_{-1} + Σ_s z_s ⊗ Q_s Df_s,  Q_{K-1} = I,  Q_{s-1} = Q_s D_s
+
+    (``δ'_s = δ_s + δ^prev_{s+1}``; products per sample and neuron, ``S × S``). This is the
+    per-step recursion regrouped: the same gradient, with the ``(S, B, I, H)`` trace read and
+    written once per block instead of every step; the rest is one matmul per block.
 
     Args:
-        e: the trace ``(B, I, H, S)``, updated in place.
-        D: ``(B, H, S, S)``; z: ``(B, I)``; Df: ``(B, H, S)``.
-        delta: ``(B, H, S)`` learning signal, or None (not counted).
-        prev: ``(B, H, S)`` multi-step signal contracted with the *previous* trace, or None.
+        e: the trace ``(S, B, I, H)``, updated in place.
+        z: ``(K, B, I)`` relation inputs; D: ``(K, B, H, S, S)``; Df: ``(K, B, H, S)``.
+        delta: ``(K, B, H, S)`` learning signal, or None (no loss in this block).
+        prev: ``(K, B, H, S)`` multi-step signal (pairs with the previous step's trace), or None.
+        fresh: ``e`` is new (zero at the sequence start): it is written without being read.
     """
     dt = e.dtype
-    z, D, Df = z.to(dt), D.to(dt), Df.to(dt)
+    S = e.shape[0]
+    K = z.shape[0]
+    D, Df, z = D.to(dt), Df.to(dt), z.to(dt)
+    Z = z.permute(1, 2, 0)  # (B, I, K)
     g: Tensor | None = None
-    if prev is not None:
-        g = torch.einsum("biha,bha->ih", e, prev.to(dt))
-    if e.shape[-1] == 1:
-        e1 = e[..., 0]  # (B, I, H)
-        e1.mul_(D[:, None, :, 0, 0]).addcmul_(z[:, :, None], Df[:, None, :, 0])
-        if delta is not None:
-            d = delta[..., 0].to(dt)  # (B, H)
-            acc = torch.zeros_like(e1[0])  # (I, H)
-            for b in range(e1.shape[0]):
-                acc.addcmul_(e1[b], d[b])
-            g = acc if g is None else g + acc
+    if delta is not None or prev is not None:
+        d = torch.zeros_like(Df) if delta is None else delta.to(dt).clone()
+        if prev is not None:
+            d[:-1] += prev[1:].to(dt)  # δ^prev_k pairs with e_{k-1}
+        lam = [d[K - 1]]
+        for k in range(K - 2, -1, -1):
+            lam.append(d[k] + matvec(D[k + 1], lam[-1], transpose=True))
+        lam.reverse()  # λ_k, (B, H, S)
+        mu = matvec(D[0], lam[0], transpose=True)
+        if prev is not None:
+            mu = mu + prev[0].to(dt)
+        Y = (Df * torch.stack(lam)).sum(-1)  # (K, B, H)
+        B, I = Z.shape[0], Z.shape[1]
+        g = z.reshape(K * B, I).t() @ Y.reshape(K * B, -1)  # (I, H)
+        for a in range(S if not fresh else 0):  # <μ, e_{-1}>: one read of the trace
+            for b in range(B):
+                g.addcmul_(e[a, b], mu[b, :, a])
+    Q = D[K - 1]  # Q_{K-2}
+    F = [Df[K - 1], matvec(Q, Df[K - 2])] if K > 1 else [Df[0]]
+    for k in range(K - 2, 0, -1):
+        Q = matmul(Q, D[k])  # Q_{k-1}
+        F.append(matvec(Q, Df[k - 1]))
+    F.reverse()  # F[s] = Q_s Df_s
+    Q = matmul(Q, D[0]) if K > 1 else D[0]  # Q_{-1}
+    Fs = torch.stack(F, 1)  # (B, K, H, S)
+    if fresh:
+        for a in range(S):
+            torch.bmm(Z, Fs[..., a], out=e[a])
+    elif S == 1:
+        e[0].mul_(Q[:, None, :, 0, 0]).baddbmm_(Z, Fs[..., 0])
     else:
-        e.copy_(torch.einsum("bhac,bihc->biha", D, e) + z[:, :, None, None] * Df[:, None])
-        if delta is not None:
-            acc = torch.einsum("biha,bha->ih", e, delta.to(dt))
-            g = acc if g is None else g + acc
+        new = torch.empty_like(e)
+        for a in range(S):
+            torch.mul(e[0], Q[:, None, :, a, 0], out=new[a])
+            for c in range(1, S):
+                new[a].addcmul_(e[c], Q[:, None, :, a, c])
+            new[a].baddbmm_(Z, Fs[..., a])
+        e.copy_(new)
     return g

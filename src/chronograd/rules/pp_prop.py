@@ -14,8 +14,8 @@ steps since the sequence start; 1 once ``n ≥ 1000``) and ``δ_t`` the engine's
 (partial within a neuron, total across groups). The traces are zero at each sequence start and
 carried across the chunks of a sequence. Per-neuron parameters keep exact traces and
 output-only parameters their exact same-step gradient, as in D-RTRL. Memory ``O(B(I + H·S))``
-per relation, flat in ``T``; cost about one extra outer product per step, which is batched
-here: ``ex_t`` and ``σ_t`` are buffered for 32 steps and contracted with one matmul.
+per relation, flat in ``T``; cost about one extra outer product per step, batched here over
+the engine's blocks of steps: ``gW += EXᵀ Σ`` is one matmul per block.
 
 With ``α = 0`` the rule is the one-step-truncated gradient (TBPTT(1)) of every relation.
 """
@@ -36,15 +36,15 @@ from chronograd.rules._traces import (
     check_chunk,
     check_trace_dtype,
     check_trace_model,
-    mix_small,
     neuron_traces,
     run_chunk,
+    small_traces,
 )
 from chronograd.rules.base import Carry, LearningRule, RuleStep
 from chronograd.sequence import Span
-from chronograd.traces.graph import TraceGraph, TraceStep
+from chronograd.traces.graph import TraceGraph
+from chronograd.traces.structure import TraceBlock
 
-_FLUSH = 32  # steps of (ex, σ) buffered before one matmul into the gradient
 _EXACT_AFTER = 1000  # c_n = 1 once n >= this many steps
 
 
@@ -106,59 +106,78 @@ class PPProp(LearningRule):
     ) -> RuleStep:
         dtype = self.trace_dtype if isinstance(self.trace_dtype, torch.dtype) else None
         alpha = self.alpha
-        buffers: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
 
-        def on_step(graph: TraceGraph, s: TraceStep, c: TraceCarry, counted: bool,
-                    grads: dict[str, Tensor]) -> None:  # fmt: skip
-            corr = 1.0 if c.n >= _EXACT_AFTER else 1.0 - alpha ** (c.n + 1)
-            for i, r in enumerate(graph.relations):
-                if r.group is None or not r.trained:
-                    continue
-                z, Df, D = s.inputs[i], s.Df[i], s.D[r.group]
-                assert z is not None and Df is not None
-                ex, ef = c.ex.get(i), c.ef.get(i)
-                if ex is None or ef is None:
-                    ex = c.ex[i] = torch.zeros_like(z, dtype=dtype or z.dtype)
-                    ef = c.ef[i] = torch.zeros_like(Df, dtype=dtype or Df.dtype)
-                ex.mul_(alpha).add_(z.to(ex.dtype))
-                mix_small(ef, D, Df, scale=alpha, src_scale=1.0 - alpha)
-                if not counted or s.delta is None:
-                    continue
-                sigma = (s.delta[r.group].to(ef.dtype) * ef).sum(-1) / corr  # (B, H)
-                if r.bias is not None and r.bias in graph.trained:
-                    add_grad(grads, r.bias, sigma.sum(0))
-                if r.weight in graph.trained:
-                    xb, sb = buffers.setdefault(i, ([], []))
-                    xb.append(ex.clone())
-                    sb.append(sigma)
-                    if len(xb) == _FLUSH:
-                        _flush(graph, i, buffers, grads)
-            neuron_traces(graph, s, c, counted, grads, dtype)
-
-        def on_end(graph: TraceGraph, c: TraceCarry, grads: dict[str, Tensor]) -> None:
-            for i in list(buffers):
-                _flush(graph, i, buffers, grads)
+        def on_block(graph: TraceGraph, blk: TraceBlock, c: TraceCarry,
+                     grads: dict[str, Tensor]) -> None:  # fmt: skip
+            factored_traces(graph, blk, c, grads, alpha, dtype)
+            neuron_traces(graph, blk, c, grads, dtype)
 
         return run_chunk(
             model, self.trained(model), xs, targets, state, carry, objective, span,
-            on_step=on_step, on_end=on_end,
+            on_block=on_block,
         )  # fmt: skip
 
 
-def _flush(
+def _correction(n: int, K: int, alpha: float, like: Tensor) -> Tensor:
+    """``c = 1 - α^{m+1}`` for the block's steps ``m = n..n+K-1`` (1 once ``m ≥ 1000``), (K,1,1)."""
+    m = torch.arange(n, n + K, device=like.device, dtype=like.dtype)
+    c = 1.0 - alpha ** (m + 1)
+    return torch.where(m >= _EXACT_AFTER, torch.ones_like(c), c).reshape(K, 1, 1)
+
+
+def input_trace(ex: Tensor, z: Tensor, alpha: float) -> Tensor:
+    """``ex_k = α ex_{k-1} + z_k`` over a block, as one matmul; ``ex`` updated in place.
+
+    Args:
+        ex: ``(B, I)`` the trace before the block.
+        z: ``(K, B, I)`` the relation's inputs.
+
+    Returns:
+        ``(K, B, I)`` the trace after each step.
+    """
+    K = z.shape[0]
+    k = torch.arange(K, device=z.device, dtype=z.dtype)
+    lag = k[:, None] - k[None, :]  # (K, K): k - j
+    A = torch.where(lag >= 0, alpha ** lag.clamp(min=0), torch.zeros_like(lag))
+    if alpha == 0.0:
+        A = torch.eye(K, device=z.device, dtype=z.dtype)
+    EX = (A @ z.reshape(K, -1)).reshape(z.shape) + (alpha ** (k + 1))[:, None, None] * ex
+    ex.copy_(EX[-1])
+    return EX
+
+
+def factored_traces(
     graph: TraceGraph,
-    i: int,
-    buffers: dict[int, tuple[list[Tensor], list[Tensor]]],
+    blk: TraceBlock,
+    carry: TraceCarry,
     grads: dict[str, Tensor],
+    alpha: float,
+    dtype: torch.dtype | None,
 ) -> None:
-    """``gW += Σ_k ex_kᵀ σ_k`` over the buffered steps of relation ``i``, as one matmul."""
-    xb, sb = buffers.pop(i, ([], []))
-    if not xb:
-        return
-    r = graph.relations[i]
-    X = torch.cat(xb)  # (k·B, I)
-    Sg = torch.cat(sb)  # (k·B, H)
-    add_grad(grads, r.weight, Sg.t() @ X if r.form == "linear" else X.t() @ Sg)
+    """pp-prop's ``ex``, ``ef`` per trained relation and ``gW += Σ_k ex_kᵀ σ_k`` (one matmul)."""
+    for i, r in enumerate(graph.relations):
+        if r.group is None or not r.trained:
+            continue
+        z, Df = blk.inputs[i], blk.Df[i]
+        assert z is not None and Df is not None
+        ex, ef = carry.ex.get(i), carry.ef.get(i)
+        if ex is None or ef is None:
+            ex = carry.ex[i] = torch.zeros_like(z[0], dtype=dtype or z.dtype)
+            ef = carry.ef[i] = torch.zeros_like(Df[0], dtype=dtype or Df.dtype)
+        EX = input_trace(ex, z.to(ex.dtype), alpha)
+        EF = small_traces(ef, blk.D[r.group], Df, scale=alpha, src_scale=1.0 - alpha)[1:]
+        if blk.delta is None:
+            continue
+        K, B = z.shape[0], z.shape[1]
+        corr = _correction(carry.n, K, alpha, EF)
+        sigma = (blk.delta[r.group].to(EF.dtype) * EF).sum(-1) / corr  # (K, B, H)
+        flat_s, flat_x = sigma.reshape(K * B, -1), EX.reshape(K * B, -1)
+        if r.weight in graph.trained:
+            add_grad(
+                grads, r.weight, flat_s.t() @ flat_x if r.form == "linear" else flat_x.t() @ flat_s
+            )
+        if r.bias is not None and r.bias in graph.trained:
+            add_grad(grads, r.bias, flat_s.sum(0))
 
 
 ESDRTRL = PPProp

@@ -31,7 +31,7 @@ from torch.func import functional_call, jvp, vmap
 from chronograd._tree import detach, tree_leaves, tree_map, tree_stack, tree_unflatten
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules._traces import _at, check_chunk
+from chronograd.rules._traces import check_chunk, time_slice
 from chronograd.rules.base import Carry, LearningRule, RuleStep, penalty_grads
 from chronograd.sequence import Span
 
@@ -122,7 +122,7 @@ class RTRL(LearningRule):
             out = tree_unflatten(template, o_leaves)
             per = objective.per_sample(
                 tree_map(lambda v: v.unsqueeze(0), out),
-                _at(targets, t),
+                time_slice(targets, t, t + 1),
             )
             ell = (w[t] * per[0]).sum()
             if ell.requires_grad and P:

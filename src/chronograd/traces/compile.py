@@ -36,16 +36,12 @@ from torch.func import functional_call, jvp
 
 from chronograd._tree import tree_leaves, tree_unflatten
 from chronograd.cells.base import HoistedCell, check_cell
-from chronograd.traces.graph import (
-    NeuronParam,
-    Relation,
-    StepOf,
-    TraceGraph,
-    _reduce_to,
-    group_signal,
-)
+from chronograd.traces.analytic import analytic_jacobians
+from chronograd.traces.graph import TraceGraph
 from chronograd.traces.groups import HiddenGroup, hidden_groups
 from chronograd.traces.intercept import LinearCall, intercept_linears
+from chronograd.traces.signal import group_signal
+from chronograd.traces.structure import NeuronParam, Relation, StepOf, reduce_to
 
 _FIX = "train it with RTRL, BPTT or TBPTT, or leave it out of the rule's params"
 
@@ -336,7 +332,7 @@ def compile_graph(
                 "engine needs the presynaptic dimension last. Fix: write it as F.linear(z, W) "
                 f"or z @ W.T, or {_FIX}"
             )
-    _check_groups(probe, groups)
+    Dprobe = _check_groups(probe, groups)
     rels: list[dict[str, Any]] = []
     Dfs: dict[int, Tensor] = {}
     for i, c in enumerate(probe.calls):
@@ -361,7 +357,10 @@ def compile_graph(
             nparams[n] = (hits, Dps)
         else:
             outputs.append(n)
-    intra, sweep, direct_r, direct_p = _structure(probe, groups, rels, nparams, Dfs, cands)
+    intra, sweep, direct_r, direct_p, no_loops = _structure(
+        probe, groups, rels, nparams, Dfs, cands
+    )
+    analytic = _analytic_groups(probe, groups, rels, Dprobe, Dfs)
     relations = [
         Relation(
             weight=r["call"].weight,
@@ -393,7 +392,32 @@ def compile_graph(
         hoisted=probe.hoisted,
         intra=intra,
         n_leaves=len(probe.h0),
+        analytic=analytic,
+        uncut=no_loops,
     )
+
+
+def _analytic_groups(
+    probe: _Probe,
+    groups: Sequence[HiddenGroup],
+    rels: list[dict[str, Any]],
+    Dprobe: list[Tensor],
+    Dfs: dict[int, Tensor],
+) -> frozenset[int]:
+    """Groups whose closed-form ``D``/``Df`` agree with autodiff at the probe state."""
+    with torch.no_grad():
+        new, _, _ = probe.run(probe.h0, probe.y0, {}, set())
+    ok = set()
+    for gi, g in enumerate(groups):
+        cell = probe.model.get_submodule(g.owner)
+        prev = {f: probe.h0[k] for f, k in zip(g.fields, g.leaves)}
+        nxt = {f: new[k] for f, k in zip(g.fields, g.leaves)}
+        got = analytic_jacobians(cell, prev, nxt)
+        if got is None or not _close(got[0], Dprobe[gi]):
+            continue
+        if all(_close(got[1], Dfs[i]) for i, r in enumerate(rels) if r["group"] == gi):
+            ok.add(gi)
+    return frozenset(ok)
 
 
 def _structure(
@@ -403,8 +427,12 @@ def _structure(
     nparams: dict[str, tuple[tuple[int, ...], dict[int, Tensor]]],
     Dfs: dict[int, Tensor],
     cands: Sequence[str],
-) -> tuple[dict[int, dict[int, tuple[int, ...]]], set[int], set[int], set[str]]:
-    """Reverse-mode structure of the cut step: intra-group dependencies, sweep and direct flags."""
+) -> tuple[dict[int, dict[int, tuple[int, ...]]], set[int], set[int], set[str], bool]:
+    """Reverse-mode structure of the cut step: intra-group dependencies, sweep and direct flags.
+
+    The last value says whether no relation feeds a group its own new state within a step
+    (then the learning signal may be taken on the uncut step, see ``TraceGraph.uncut``).
+    """
     h = [t.clone().requires_grad_(True) for t in probe.h0]
     ys = [y.clone().requires_grad_(True) for y in probe.y0]
     pvals = {n: probe.params[n].detach().clone().requires_grad_(True) for n in cands}
@@ -431,6 +459,7 @@ def _structure(
     group_leaves = [k for g in groups for k in g.leaves]
     targets = [new[k] for k in group_leaves] + ys + list(pvals.values())
     sweep: set[int] = set()
+    loops = False  # a relation whose input depends on the group it feeds, within one step
     for k, z in enumerate(zs):
         if z.requires_grad:
             gs = torch.autograd.grad(
@@ -438,6 +467,13 @@ def _structure(
             )
             if any(gr is not None for gr in gs):  # structural: None means no path at all
                 sweep.add(probe.n_in + k)
+            i = probe.n_in + k
+            tn, _, _ = probe.jvp(ty={i: torch.ones_like(probe.y0[i])})
+            fed = set(_group_hits(groups, tn))
+            pos = {leaf: j for j, leaf in enumerate(group_leaves)}
+            for gi in fed:
+                if any(gs[pos[leaf]] is not None for leaf in groups[gi].leaves):
+                    loops = True
     # direct paths: random cotangents on the outputs, then on the relation inputs
     gen = torch.Generator().manual_seed(17)
     direct_r: set[int] = set()
@@ -456,7 +492,10 @@ def _structure(
         g_new: list[Tensor] = list(probe.h0)
         for k, leaf in enumerate(group_leaves):
             g_new[leaf] = torch.zeros_like(new[leaf]) if gs[k] is None else gs[k]
-        delta = [group_signal(g, intra.get(gi), g_new, new) for gi, g in enumerate(groups)]
+        delta = [
+            group_signal(g, intra.get(gi), [g_new[j].unsqueeze(0) for j in g.leaves], [new])[0]
+            for gi, g in enumerate(groups)
+        ]
         off = len(group_leaves)
         for k, i in enumerate(state_r):
             gy = gs[off + k]
@@ -476,7 +515,7 @@ def _structure(
             gp = gs[off + k]
             total = torch.zeros_like(pvals[n]) if gp is None else gp
             hits, Dps = nparams[n]
-            via = sum(_reduce_to(delta[gi] * Dps[gi], pvals[n]) for gi in hits)
+            via = sum(reduce_to(delta[gi] * Dps[gi], pvals[n]) for gi in hits)
             if not _close(total, via):  # type: ignore[arg-type]
                 if kind == "output":
                     direct_p.add(n)
@@ -485,4 +524,4 @@ def _structure(
                         f"parameter {n!r} reaches a relation's input other than through the "
                         f"state; its gradient would need that relation's full Jacobian. Fix: {_FIX}"
                     )
-    return intra, sweep, direct_r, direct_p
+    return intra, sweep, direct_r, direct_p, not loops

@@ -1,170 +1,57 @@
-"""The compiled trace graph: relations, hidden groups, and the per-step Jacobians.
+"""The compiled trace graph: relations, hidden groups, and the Jacobians of each step.
 
 For a step ``(o_t, h_t) = f(h_{t-1}, x_t; θ)`` whose trainable weights enter through relations
-``y_r = W_r z_r + b_r`` (see :mod:`chronograd.traces.intercept`), one call of
-:meth:`TraceGraph.step` runs the step once with every relation output *cut* (computed, then
-handed on as a fresh autograd leaf), which gives, per step:
+``y_r = W_r z_r + b_r`` (see :mod:`chronograd.traces.intercept`), :meth:`TraceGraph.run` runs a
+block of steps, each from the (detached) state the previous one produced, with every relation
+output *cut* (computed, then handed on as a fresh autograd leaf), and returns per step:
 
 * ``D_t``  (per hidden group, ``(B, H, S, S)``): each neuron's own block of ``∂h_t/∂h_{t-1}``
   with the relation outputs held fixed (recurrent matmuls are cut: a tanh RNN has ``D = 0``,
-  a leaky unit ``α``, a GRU ``1 - z``);
+  a leaky unit ``α``, a GRU ``z`` with PyTorch's ``h = (1 - z) n + z h_{t-1}``);
 * ``Df_t`` (per relation, ``(B, H, S)``): ``∂h_t/∂y_r`` of the neurons it feeds;
-* ``Dp_t`` (per per-neuron parameter and group, ``(B, H, S)``): ``∂h_t/∂p`` (one JVP);
-* on request the learning signal ``δ_t = ∂ℓ_t/∂h_t``, *partial within a group and total
-  across groups*: with ``g`` the total derivatives of ``ℓ_t`` w.r.t. the new state tensors and
-  ``T[c, a] = ∂h^c_t/∂h^a_t`` the same-step Jacobian between a neuron's own state variables,
-  ``g_a = δ_a + Σ_{c≠a} T[c, a] δ_c``, so ``δ = (I + T_offᵀ)^{-1} g`` per neuron (the total
-  derivative would count the paths through a neuron's other state variables twice, since the
-  trace already covers them). The paths that cross relations (a later layer, the readout at
-  the same step) are included by sweeping the cut relations backwards, in reverse call order.
-* in multi-step mode also ``δ^prev_t = ∂ℓ_t/∂h_{t-1}`` along the paths that avoid the group's
-  new state: ``d/dh_{t-1} [ℓ_t - Σ_a <δ_a, h^a_t>]`` through the full (uncut) step.
+* ``Dp_t`` (per per-neuron parameter and group, ``(B, H, S)``): ``∂h_t/∂p``;
+* with a loss, the learning signal ``δ_t`` (partial within a group, total across groups) and,
+  in multi-step mode, ``δ^prev_t`` (:mod:`chronograd.traces.signal`).
 
-``D`` and ``Df`` are read from vector-Jacobian products of the cut step with one-hot
-cotangents (one per state variable, over all neurons and groups at once): with the Jacobian
-block-diagonal per neuron (checked when compiling) a column sum is the block itself. This is
-the same quantity as the JVP with one-hot tangents, at the cost of one small backward pass
-through the element-wise part of the step instead of a ``vmap``-ed forward-mode pass (which
-measured an order of magnitude slower in eager PyTorch on the CPU).
+The Jacobians come from :mod:`chronograd.traces.jacobians`; the loss of the whole block is
+evaluated once and differentiated in one backward pass (plus one per relation the signal has
+to cross), which keeps the per-step Python overhead small. When every group has analytic
+Jacobians and no relation feeds a group its own new state within a step, the steps run uncut
+(``graph.uncut``) and ``δ`` is a plain backward pass.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from chronograd._tree import detach, tree_leaves, tree_unflatten
+from chronograd._tree import detach, tree_leaves, tree_stack, tree_unflatten
+from chronograd.traces import jacobians, signal
 from chronograd.traces.groups import HiddenGroup
-from chronograd.traces.intercept import Form, LinearCall, intercept_linears
+from chronograd.traces.intercept import LinearCall, intercept_linears
+from chronograd.traces.structure import (
+    Chunk,
+    NeuronParam,
+    Record,
+    Relation,
+    TraceBlock,
+    TraceStep,
+    some,
+)
 
 LossFn = Callable[[Any], Tensor]
-
-
-class Relation(NamedTuple):
-    """One linear call ``y = W z + b`` of the step, as compiled.
-
-    Attributes:
-        weight, bias: parameter names (bias None when absent or not a parameter).
-        form: ``"linear"`` (``W`` is (H, I)), ``"right"`` (``W`` is (I, H)) or ``"left"``.
-        hoisted: computed for the whole chunk by the cell's ``input_map``.
-        position: call position within ``input_map`` (hoisted) or the step.
-        leaf: for hoisted relations, the index of ``y`` among ``input_map``'s output leaves.
-        group: the hidden group ``y`` feeds (None: an output relation, or untrained).
-        trained: its weight or bias is trained.
-        direct: ``y`` also reaches the step's output other than through the group's state.
-        sweep: its input depends on the step's new state (the learning signal crosses it).
-        in_features, out_features: ``I`` and ``H``.
-    """
-
-    weight: str
-    bias: str | None
-    form: Form
-    hoisted: bool
-    position: int
-    leaf: int | None
-    group: int | None
-    trained: bool
-    direct: bool
-    sweep: bool
-    in_features: int
-    out_features: int
-
-
-class NeuronParam(NamedTuple):
-    """A parameter that acts on each neuron separately (``(H,)``) or on all alike (a scalar).
-
-    Attributes:
-        name: the parameter's name.
-        groups: the hidden groups whose state it changes.
-        shared: a single value for all neurons (numel 1).
-        direct: it also reaches the step's output other than through the state.
-    """
-
-    name: str
-    groups: tuple[int, ...]
-    shared: bool
-    direct: bool
-
-
-class TraceStep(NamedTuple):
-    """What :meth:`TraceGraph.step` returns for one step.
-
-    Attributes:
-        outputs: the step's outputs (detached).
-        state: the new state (detached).
-        loss: ``ℓ_t`` (detached scalar) when a loss was given, else None.
-        inputs: per relation, its input ``z_t`` (B, I) (None for untrained relations).
-        D: per hidden group, ``(B, H, S, S)``: ``D[b, h, a, c] = ∂h^a_t[b,h]/∂h^c_{t-1}[b,h]``.
-        Df: per relation, ``(B, H, S)`` for trained state relations (else None).
-        Dp: ``{(param, group): (B, H, S)}`` for per-neuron parameters.
-        delta: per group, ``(B, H, S)`` learning signal (None without a loss).
-        delta_prev: per group, ``(B, H, S)`` multi-step signal (None unless requested).
-        exact: ``{param: grad}`` exact same-step gradients (output relations and parameters,
-            and the direct terms of relations/parameters that also reach the output).
-    """
-
-    outputs: Any
-    state: Any
-    loss: Tensor | None
-    inputs: tuple[Tensor | None, ...]
-    D: tuple[Tensor, ...]
-    Df: tuple[Tensor | None, ...]
-    Dp: dict[tuple[str, int], Tensor]
-    delta: tuple[Tensor, ...] | None
-    delta_prev: tuple[Tensor, ...] | None
-    exact: dict[str, Tensor]
-
-
-class StepOf(nn.Module):
-    """Wraps a hoisted cell so ``functional_call`` can run ``cell.step(u, state)``."""
-
-    def __init__(self, cell: nn.Module) -> None:
-        super().__init__()
-        self.cell = cell
-
-    def forward(self, u: Any, state: Any) -> tuple[Any, Any]:
-        return self.cell.step(u, state)  # type: ignore[operator]
-
-
-class Chunk(NamedTuple):
-    """A chunk's inputs prepared for :meth:`TraceGraph.step` (hoisted input maps applied).
-
-    Attributes:
-        xs: ``(T, B, I)`` raw inputs.
-        u: per-step step inputs: ``input_map(xs)`` split over time, or ``xs`` split over time.
-        ys: per relation, ``(T, B, H)`` outputs of hoisted relations (None for step relations).
-    """
-
-    xs: Tensor
-    u: list[Any]
-    ys: list[Tensor | None]
-
-
-def relation_grads(rel: Relation, z: Tensor, gy: Tensor) -> dict[str, Tensor]:
-    """``∂/∂W`` and ``∂/∂b`` of ``<gy, W z + b>`` for a batch: ``z`` (B, I), ``gy`` (B, H)."""
-    out = {rel.weight: gy.t() @ z if rel.form == "linear" else z.t() @ gy}
-    if rel.bias is not None:
-        out[rel.bias] = gy.sum(0)
-    return out
-
-
-def _add(acc: dict[str, Tensor], more: dict[str, Tensor]) -> None:
-    for k, v in more.items():
-        acc[k] = acc[k] + v if k in acc else v
 
 
 class TraceGraph:
     """The eligibility-trace structure of a model, compiled by :func:`compile_graph`.
 
     Inspect it with ``repr(graph)``: the relations, hidden groups, per-neuron and output
-    parameters found. Run it with :meth:`prepare` (once per chunk) and :meth:`step` (per step),
-    or :meth:`solve` for a single step.
+    parameters found. Run it with :meth:`prepare` (once per chunk) and :meth:`run` (per block
+    of steps), or :meth:`solve` for a single step.
 
     Attributes:
         relations: every linear call with a parameter weight, in call order (hoisted first).
@@ -187,6 +74,8 @@ class TraceGraph:
         hoisted: bool,
         intra: dict[int, dict[int, tuple[int, ...]]],
         n_leaves: int,
+        analytic: frozenset[int] = frozenset(),
+        uncut: bool = False,
     ) -> None:
         self._model = weakref.ref(model)
         self._kind = type(model).__name__
@@ -198,13 +87,31 @@ class TraceGraph:
         self.hoisted = hoisted
         self.intra = intra  # group -> {c: (a, ...)}: h^c_t depends on h^a_t within the step
         self.n_leaves = n_leaves
-        self._step_rel = [i for i, r in enumerate(self.relations) if not r.hoisted]
-        self._in_rel = [i for i, r in enumerate(self.relations) if r.hoisted]
-        self._state_rel = [i for i, r in enumerate(self.relations) if r.group is not None]
-        self._sweep_rel = [i for i, r in enumerate(self.relations) if r.sweep and not r.hoisted]
-        self._graph_rel = [i for i in self._step_rel]
-        self.S_max = max((g.S for g in self.groups), default=0)
-        self._directions = _pack(self.neuron_params)
+        self.analytic = analytic  # groups whose D/Df come in closed form (traces.analytic)
+        self._uncut_ok = uncut
+        self._owners: list[nn.Module] | None = None
+        rels = list(enumerate(self.relations))
+        self.step_relations = [i for i, r in rels if not r.hoisted]
+        self.input_relations = [i for i, r in rels if r.hoisted]
+        self.state_relations = [i for i, r in rels if r.group is not None]
+        self.sweep_relations = [i for i, r in rels if r.sweep and not r.hoisted]
+        self.directions = _pack(self.neuron_params)
+
+    @property
+    def uncut(self) -> bool:
+        """Run the step uncut: δ is then one backward pass, with no relation sweep.
+
+        Allowed when every group's ``D``/``Df`` is analytic (no cut-graph Jacobian is needed)
+        and no relation feeds a group its own new state within a step.
+        """
+        return self._uncut_ok and len(self.analytic) == len(self.groups)
+
+    def owners(self) -> list[nn.Module]:
+        """The cell owning each group (cached)."""
+        if self._owners is None:
+            model = self.model
+            self._owners = [model.get_submodule(g.owner) for g in self.groups]
+        return self._owners
 
     # -- inspection -----------------------------------------------------------------------------
     @property
@@ -215,10 +122,11 @@ class TraceGraph:
         return m
 
     def __repr__(self) -> str:
-        lines = [f"TraceGraph({self._kind}, hoisted={self.hoisted})"]
+        lines = [f"TraceGraph({self._kind}, hoisted={self.hoisted}, uncut={self.uncut})"]
         lines.append("  hidden groups:")
         for i, g in enumerate(self.groups):
-            lines.append(f"    [{i}] {g.name}: H={g.size}, S={g.S} ({', '.join(g.fields)})")
+            how = "analytic D/Df" if i in self.analytic else "D/Df by autodiff"
+            lines.append(f"    [{i}] {g.name}: H={g.size}, S={g.S} ({', '.join(g.fields)}), {how}")
         lines.append("  relations:")
         for r in self.relations:
             where = f"-> group {r.group}" if r.group is not None else "-> output"
@@ -243,18 +151,18 @@ class TraceGraph:
         model = self.model
         T = xs.shape[0]
         ys: list[Tensor | None] = [None] * len(self.relations)
-        if not self.hoisted:
-            return Chunk(xs, list(xs.unbind(0)), ys)
         params = dict(model.named_parameters())
+        if not self.hoisted:
+            return Chunk(xs, list(xs.unbind(0)), ys, params)
         with torch.no_grad(), intercept_linears(params) as rec:
             u = model.input_map(xs)  # type: ignore[operator]
-        self._check_calls(rec.calls, self._in_rel)
+        self._check_calls(rec.calls, self.input_relations)
         leaves = tree_leaves(u)
-        for i in self._in_rel:
+        for i in self.input_relations:
             ys[i] = leaves[self.relations[i].leaf]  # type: ignore[index]
         parts = [leaf.unbind(0) for leaf in leaves]
         steps = [tree_unflatten(u, [p[t] for p in parts]) for t in range(T)]
-        return Chunk(xs, steps, ys)
+        return Chunk(xs, steps, ys, params)
 
     def _check_calls(self, calls: Sequence[LinearCall], which: Sequence[int]) -> None:
         names = [c.weight for c in calls]
@@ -271,47 +179,75 @@ class TraceGraph:
 
     def _u_with(self, u: Any, ys: list[Tensor | None]) -> Any:
         """The step input with the hoisted relation outputs replaced by the given tensors."""
-        if not self._in_rel:
+        if not self.input_relations:
             return u
         leaves = list(tree_leaves(u))
-        for i in self._in_rel:
-            leaves[self.relations[i].leaf] = _some(ys, i)  # type: ignore[index]
+        for i in self.input_relations:
+            leaves[self.relations[i].leaf] = some(ys[i])  # type: ignore[index]
         return tree_unflatten(u, leaves)
 
-    def step(
+    def run(
         self,
         chunk: Chunk,
-        t: int,
+        start: int,
+        stop: int,
         state: Any,
         *,
         loss: LossFn | None = None,
+        learning_signal: bool = True,
         multi_step: bool = False,
-        need_loss_signal: bool = True,
-    ) -> TraceStep:
-        """Run step ``t`` of a prepared chunk from ``state`` and return its Jacobians.
+    ) -> TraceBlock:
+        """Run steps ``[start, stop)`` of a prepared chunk from ``state`` (a block).
 
         Args:
             chunk: from :meth:`prepare`.
-            t: step index within the chunk.
-            state: the state before the step.
-            loss: ``loss(outputs) -> ℓ_t`` (a scalar, the step's weighted loss); with it the
-                learning signal ``δ_t`` and the exact same-step gradients are computed.
-            multi_step: also compute ``δ^prev_t`` (needs ``loss``).
-            need_loss_signal: False skips the backward passes for ``δ`` (e.g. a zero-weight
-                step); ``delta`` is then zeros.
+            start, stop: the block's steps within the chunk.
+            state: the state before the block.
+            loss: ``loss(outputs) -> Σ_k ℓ_k`` for the block's stacked outputs ``(K, B, ...)``
+                (weighted per step as the rule wants); with it ``δ`` and the exact same-step
+                gradients are computed.
+            learning_signal: False skips the backward passes for ``δ`` (every step of the
+                block has zero loss weight); ``delta`` is then None.
+            multi_step: also compute ``δ^prev`` (needs ``loss``).
         """
+        rec = Record()
+        for t in range(start, stop):
+            state = self._forward(chunk, t, state, rec)
+        D, Df = jacobians.cut_jacobians(self, rec)
+        Dp = jacobians.neuron_jacobians(self, rec, chunk.params)
+        K = len(rec.new)
+        inputs = tuple(
+            torch.stack([some(rec.zs[k][i]).detach() for k in range(K)]) if r.trained else None
+            for i, r in enumerate(self.relations)
+        )
+        outs = tree_stack(rec.outs)
+        delta = delta_prev = None
+        exact: dict[str, Tensor] = {}
+        ell = None
+        if loss is not None:
+            ell = loss(outs)
+            if learning_signal and ell.requires_grad:
+                delta, exact = signal.learning_signal(self, rec, ell, chunk.params, Df, Dp)
+                if multi_step:
+                    delta_prev = signal.previous_signal(self, rec, ell, delta)
+            ell = ell.detach()
+        return TraceBlock(detach(outs), state, ell, inputs, D, Df, Dp, delta, delta_prev, exact)
+
+    def _forward(self, chunk: Chunk, t: int, state: Any, rec: Record) -> Any:
+        """Step ``t`` with its relation outputs cut (or recorded, uncut); returns the new state."""
         model = self.model
-        params = dict(model.named_parameters())
-        leaves = tree_leaves(state)
-        h_prev = [leaf.detach().requires_grad_(True) for leaf in leaves]
-        ys: list[Tensor | None] = [None] * len(self.relations)
-        full: list[Tensor | None] = [None] * len(self.relations)  # uncut y, for the sweep
-        zs: list[Tensor | None] = [None] * len(self.relations)
-        for i in self._in_rel:
-            y = chunk.ys[i][t]  # type: ignore[index]
-            ys[i] = y.detach().requires_grad_(True)
+        # the previous state is a graph leaf so that every new state tensor is in the graph
+        # (a state that depends on the previous state only must still pass δ on)
+        h_prev = [leaf.detach().requires_grad_(True) for leaf in tree_leaves(state)]
+        n = len(self.relations)
+        ys: list[Tensor | None] = [None] * n
+        full: list[Tensor | None] = [None] * n
+        zs: list[Tensor | None] = [None] * n
+        for i in self.input_relations:
+            ys[i] = some(chunk.ys[i])[t].detach().requires_grad_(True)
             zs[i] = chunk.xs[t]
-        order = iter(self._step_rel)
+        order = iter(self.step_relations)
+        uncut = self.uncut
 
         def cut(call: LinearCall, default: Callable[[], Tensor]) -> Tensor:
             i = next(order, None)
@@ -322,38 +258,23 @@ class TraceGraph:
                 )
             y = default()
             full[i], zs[i] = y, call.input
-            ys[i] = y.detach().requires_grad_(True)
-            return ys[i]  # type: ignore[return-value]
+            ys[i] = y if uncut else y.detach().requires_grad_(True)
+            return some(ys[i])
 
         u = self._u_with(chunk.u[t], ys)
-        with torch.enable_grad(), intercept_linears(params, cut):
+        with torch.enable_grad(), intercept_linears(chunk.params, cut):
             out, new_state = self._step_fn(model)(u, tree_unflatten(state, h_prev))
         if next(order, None) is not None:
             raise ValueError("the step made fewer relation calls than when it was compiled")
-        new = tree_leaves(new_state)
-        D, Df = self._jacobians(h_prev, new, ys)
-        Dp = self._neuron_jacobians(model, u, h_prev, state, ys)
-        inputs = tuple(
-            None if not r.trained or zs[i] is None else zs[i].detach()  # type: ignore[union-attr]
-            for i, r in enumerate(self.relations)
-        )
-        delta = delta_prev = None
-        exact: dict[str, Tensor] = {}
-        ell = None
-        if loss is not None:
-            ell = loss(out)
-            if need_loss_signal and ell.requires_grad:
-                delta, exact = self._signal(ell, new, ys, full, zs, params, Df, Dp)
-                if multi_step:
-                    delta_prev = self._signal_prev(ell, new, h_prev, ys, full, delta)
-            else:
-                delta = tuple(self._zeros_signal(new, g) for g in self.groups)
-                if multi_step:
-                    delta_prev = delta
-            ell = ell.detach()
-        return TraceStep(
-            detach(out), detach(new_state), ell, inputs, D, Df, Dp, delta, delta_prev, exact
-        )
+        rec.h_prev.append(h_prev)
+        rec.new.append(tree_leaves(new_state))
+        rec.ys.append(ys)
+        rec.full.append(full)
+        rec.zs.append(zs)
+        rec.outs.append(out)
+        rec.us.append(u)
+        rec.states.append(state)
+        return detach(new_state)
 
     def solve(
         self,
@@ -363,253 +284,29 @@ class TraceGraph:
         loss: LossFn | None = None,
         multi_step: bool = False,
     ) -> TraceStep:
-        """One step from ``x`` (B, I): outputs, new state, ``D``, ``Df`` (and ``δ`` with a loss)."""
-        return self.step(self.prepare(x.unsqueeze(0)), 0, state, loss=loss, multi_step=multi_step)
+        """One step from ``x`` (B, I): outputs, new state, ``D``, ``Df`` (and ``δ`` with a loss).
 
-    # -- Jacobians ------------------------------------------------------------------------------
-    def _jacobians(
-        self, h_prev: list[Tensor], new: list[Tensor], ys: list[Tensor | None]
-    ) -> tuple[tuple[Tensor, ...], tuple[Tensor | None, ...]]:
-        """``D`` per group and ``Df`` per trained state relation, by one-hot VJPs of the cut step."""
-        D = [
-            h_prev[g.leaves[0]].new_zeros(*h_prev[g.leaves[0]].shape, g.S, g.S) for g in self.groups
-        ]
-        Df: list[Tensor | None] = [None] * len(self.relations)
-        rels = [i for i in self._state_rel if self.relations[i].trained]
-        for i in rels:
-            y = ys[i]
-            assert y is not None
-            Df[i] = y.new_zeros(*y.shape, self.groups[self.relations[i].group].S)  # type: ignore[index]
-        for a in range(self.S_max):
-            outs = [
-                new[g.leaves[a]] for g in self.groups if a < g.S and new[g.leaves[a]].requires_grad
-            ]
-            if not outs:
-                continue
-            ins = [h_prev[leaf] for g in self.groups for leaf in g.leaves] + _all(ys, rels)
-            grads = torch.autograd.grad(
-                outs, ins, [torch.ones_like(o) for o in outs], retain_graph=True, allow_unused=True
-            )
-            k = 0
-            for gi, g in enumerate(self.groups):
-                for c in range(g.S):
-                    if grads[k] is not None and a < g.S:
-                        D[gi][..., a, c] = grads[k]
-                    k += 1
-            for i in rels:
-                gy = grads[k]
-                if gy is not None and a < self.groups[self.relations[i].group].S:  # type: ignore[index]
-                    Df[i][..., a] = gy  # type: ignore[index]
-                k += 1
-        return tuple(D), tuple(Df)
-
-    def _neuron_jacobians(
-        self,
-        model: nn.Module,
-        u: Any,
-        h_prev: list[Tensor],
-        state: Any,
-        ys: list[Tensor | None],
-    ) -> dict[tuple[str, int], Tensor]:
-        """``Dp = ∂h_t/∂p`` per (neuron parameter, group): one forward-mode pass per direction."""
-        out: dict[tuple[str, int], Tensor] = {}
-        if not self.neuron_params:
-            return out
-        params = dict(model.named_parameters())
-        module = StepOf(model) if self.hoisted else model
-        prefix = "cell." if self.hoisted else ""
-        yv = [None if y is None else y.detach() for y in ys]
-        uv = detach(self._u_with(u, yv))
-        hv = [h.detach() for h in h_prev]
-        for direction in self._directions:
-            order = iter(self._step_rel)
-
-            def inject(call: LinearCall, default: Any, order: Any = order) -> Tensor:
-                return _some(yv, next(order))
-
-            with fwAD.dual_level(), torch.no_grad():
-                duals = {
-                    prefix + p.name: fwAD.make_dual(params[p.name], torch.ones_like(params[p.name]))
-                    for p in direction
-                }
-                with intercept_linears(params, inject):
-                    _, new_state = functional_call(module, duals, (uv, tree_unflatten(state, hv)))
-                tangents = [fwAD.unpack_dual(leaf).tangent for leaf in tree_leaves(new_state)]
-            for p in direction:
-                for gi in p.groups:
-                    g = self.groups[gi]
-                    cols = [
-                        torch.zeros_like(hv[leaf]) if tangents[leaf] is None else tangents[leaf]
-                        for leaf in g.leaves
-                    ]
-                    out[(p.name, gi)] = torch.stack(cols, -1)
-        return out
-
-    # -- learning signals -----------------------------------------------------------------------
-    def _zeros_signal(self, new: list[Tensor], g: HiddenGroup) -> Tensor:
-        ref = new[g.leaves[0]]
-        return ref.new_zeros(*ref.shape, g.S)
-
-    def _sweep(
-        self,
-        roots: list[Tensor],
-        cots: list[Tensor],
-        targets: list[Tensor],
-        ys: list[Tensor | None],
-        full: list[Tensor | None],
-        relations: Sequence[int],
-    ) -> list[Tensor | None]:
-        """Gradients of ``Σ <cot, root>`` w.r.t. ``targets`` through the uncut step.
-
-        ``targets`` must end with ``ys[i]`` for every ``i`` in ``relations`` (in that order):
-        the cut relations are crossed backwards, latest call first, each with one VJP through
-        its (uncut) output ``full[i]``.
+        ``loss(outputs) -> ℓ`` takes the step's outputs (no time axis).
         """
-        grads: list[Tensor | None] = list(
-            torch.autograd.grad(roots, targets, cots, retain_graph=True, allow_unused=True)
+        block_loss = None if loss is None else (lambda outs: loss(_first(outs)))
+        b = self.run(
+            self.prepare(x.unsqueeze(0)), 0, 1, state, loss=block_loss, multi_step=multi_step
         )
-        base = len(targets) - len(relations)
-        for k in range(len(relations) - 1, -1, -1):
-            gy = grads[base + k]
-            y = full[relations[k]]
-            if gy is None or y is None or not y.requires_grad:
-                continue
-            more = torch.autograd.grad(y, targets, gy, retain_graph=True, allow_unused=True)
-            for j, m in enumerate(more):
-                if m is not None:
-                    prev = grads[j]
-                    grads[j] = m if prev is None else prev + m
-        return grads
 
-    def _group_signal(self, gi: int, g_new: list[Tensor], new: list[Tensor]) -> Tensor:
-        return group_signal(self.groups[gi], self.intra.get(gi), g_new, new)
+        def first(xs: Sequence[Any] | None) -> Any:
+            return None if xs is None else tuple(None if v is None else v[0] for v in xs)
 
-    def _signal(
-        self,
-        ell: Tensor,
-        new: list[Tensor],
-        ys: list[Tensor | None],
-        full: list[Tensor | None],
-        zs: list[Tensor | None],
-        params: dict[str, nn.Parameter],
-        Df: tuple[Tensor | None, ...],
-        Dp: dict[tuple[str, int], Tensor],
-    ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
-        """``δ_t`` per group and the exact same-step gradients."""
-        group_leaves = [leaf for g in self.groups for leaf in g.leaves]
-        exact_p = list(self.output_params) + [p.name for p in self.neuron_params if p.direct]
-        y_idx = [
-            i for i, r in enumerate(self.relations) if r.trained and (r.group is None or r.direct)
-        ]
-        sweep = list(self._sweep_rel)
-        others = [i for i in y_idx if i not in sweep]
-        targets = (
-            [new[leaf] for leaf in group_leaves]
-            + [params[n] for n in exact_p]
-            + _all(ys, others)
-            + _all(ys, sweep)
-        )
-        grads = self._sweep([ell], [torch.ones_like(ell)], targets, ys, full, sweep)
-        g_new: list[Tensor] = [torch.zeros(0)] * len(new)
-        for k, leaf in enumerate(group_leaves):
-            gk = grads[k]
-            g_new[leaf] = torch.zeros_like(new[leaf]) if gk is None else gk
-        delta = tuple(self._group_signal(gi, g_new, new) for gi in range(len(self.groups)))
-        exact: dict[str, Tensor] = {}
-        off = len(group_leaves)
-        for k, n in enumerate(exact_p):
-            if grads[off + k] is not None:
-                exact[n] = grads[off + k]  # type: ignore[assignment]
-        off += len(exact_p)
-        gy_of = {i: grads[off + k] for k, i in enumerate(others + sweep)}
-        for i in y_idx:
-            r, gy = self.relations[i], gy_of[i]
-            if gy is None:
-                continue
-            if r.group is not None:  # direct part: minus what goes through the group's state
-                gy = gy - (delta[r.group] * Df[i]).sum(-1)  # type: ignore[operator]
-            grads_r = relation_grads(r, zs[i], gy)  # type: ignore[arg-type]
-            _add(exact, {k: v for k, v in grads_r.items() if k in self.trained})
-        for p in self.neuron_params:
-            if p.direct and p.name in exact:
-                through = sum(
-                    _reduce_to(delta[gi] * Dp[(p.name, gi)], params[p.name]) for gi in p.groups
-                )
-                exact[p.name] = exact[p.name] - through
-        return delta, exact
-
-    def _signal_prev(
-        self,
-        ell: Tensor,
-        new: list[Tensor],
-        h_prev: list[Tensor],
-        ys: list[Tensor | None],
-        full: list[Tensor | None],
-        delta: tuple[Tensor, ...],
-    ) -> tuple[Tensor, ...]:
-        """``δ^prev`` per group: ``d/dh^G_{t-1} [ℓ_t - Σ_{a∈G} <δ_a, h^a_t>]`` (uncut step)."""
-        rels = [i for i in self._step_rel if full[i] is not None and full[i].requires_grad]  # type: ignore[union-attr]
-        out = []
-        for gi, g in enumerate(self.groups):
-            roots = [ell] + [new[leaf] for leaf in g.leaves if new[leaf].requires_grad]
-            cots = [torch.ones_like(ell)] + [
-                -delta[gi][..., a] for a, leaf in enumerate(g.leaves) if new[leaf].requires_grad
-            ]
-            targets = [h_prev[leaf] for leaf in g.leaves] + _all(ys, rels)
-            grads = self._sweep(roots, cots, targets, ys, full, rels)
-            cols = [
-                torch.zeros_like(h_prev[leaf]) if grads[a] is None else grads[a]
-                for a, leaf in enumerate(g.leaves)
-            ]
-            out.append(torch.stack(cols, -1))  # type: ignore[arg-type]
-        return tuple(out)
-
-
-def group_signal(
-    g: HiddenGroup,
-    deps: dict[int, tuple[int, ...]] | None,
-    g_new: Sequence[Tensor],
-    new: Sequence[Tensor],
-) -> Tensor:
-    """The partial learning signal ``δ = (I + T_offᵀ)^{-1} g`` of one group, ``(B, H, S)``.
-
-    Args:
-        g: the group.
-        deps: ``{c: (a, ...)}``: ``h^c_t`` depends on ``h^a_t`` within the step (None: none).
-        g_new: total derivatives of the loss w.r.t. the new state tensors (by leaf index).
-        new: the new state tensors of the step's graph (``T[c, a]`` is read from them).
-    """
-    gs = torch.stack([g_new[leaf] for leaf in g.leaves], -1)  # (B, H, S)
-    if not deps:
-        return gs
-    M = torch.eye(g.S, dtype=gs.dtype, device=gs.device).expand(*gs.shape, g.S).clone()
-    for c, a_s in deps.items():
-        hc = new[g.leaves[c]]
-        Ts = torch.autograd.grad(
-            hc, [new[g.leaves[a]] for a in a_s], torch.ones_like(hc), retain_graph=True,
-            allow_unused=True,
+        return TraceStep(
+            _first(b.outputs), b.state, b.loss, first(b.inputs), first(b.D), first(b.Df),
+            {k: v[0] for k, v in b.Dp.items()}, first(b.delta), first(b.delta_prev), b.exact,
         )  # fmt: skip
-        for a, T in zip(a_s, Ts):
-            if T is not None:
-                M[..., a, c] = T  # (I + T_offᵀ)[a, c] = T[c, a], per neuron
-    return torch.linalg.solve(M, gs.unsqueeze(-1)).squeeze(-1)
 
 
-def _some(xs: Sequence[Tensor | None], i: int) -> Tensor:
-    x = xs[i]
-    assert x is not None, "relation output missing: the step's calls changed"
-    return x
+def _first(tree: Any) -> Any:
+    """Step 0 of a block's stacked tree."""
+    from chronograd._tree import tree_index
 
-
-def _all(xs: Sequence[Tensor | None], idx: Sequence[int]) -> list[Tensor]:
-    return [_some(xs, i) for i in idx]
-
-
-def _reduce_to(x: Tensor, p: Tensor) -> Tensor:
-    """Sum a ``(B, H, S)`` tensor down to the shape of parameter ``p`` (scalar or (H,))."""
-    if p.numel() == 1:
-        return x.sum().reshape(p.shape)
-    return x.sum((0, 2)).reshape(p.shape)
+    return tree_index(tree, 0)
 
 
 def _pack(params: Sequence[NeuronParam]) -> list[list[NeuronParam]]:

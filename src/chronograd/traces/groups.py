@@ -44,12 +44,14 @@ class HiddenGroup(NamedTuple):
         leaves: indices of its state tensors in ``tree_leaves(state)``, one per state variable.
         fields: the state variables' names (``"v"``, ``"a"``...).
         size: ``H``, neurons in the group.
+        owner: module path of the cell whose state it is (``""``: the model itself).
     """
 
     name: str
     leaves: tuple[int, ...]
     fields: tuple[str, ...]
     size: int
+    owner: str = ""
 
     @property
     def S(self) -> int:
@@ -80,6 +82,10 @@ def _shape_error(path: str, t: Tensor, batch: int) -> TypeError:
         "the state as (B, H) tensors (flatten extra dims in the cell), or train this model with "
         "BPTT/TBPTT"
     )
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
 
 
 def _declared(cell: nn.Module, node: Any, path: str, start: int, batch: int) -> list[HiddenGroup]:
@@ -115,18 +121,21 @@ def _declared(cell: nn.Module, node: Any, path: str, start: int, batch: int) -> 
             )
         groups.append(
             HiddenGroup(
-                f"{path}[{','.join(g)}]", tuple(offsets[f] for f in g), tuple(g), t.shape[1]
+                f"{path}[{','.join(g)}]", tuple(offsets[f] for f in g), tuple(g), t.shape[1], path
             )
         )
     return groups
 
 
-def _walk(cell: Any, node: Any, path: str, start: int, batch: int) -> list[HiddenGroup]:
-    """Groups of ``node`` (the state of ``cell``), whose first leaf has index ``start``."""
+def _walk(
+    cell: Any, node: Any, path: str, start: int, batch: int, owner: str = ""
+) -> list[HiddenGroup]:
+    """Groups of ``node`` (the state of ``cell`` at ``owner``), first leaf index ``start``."""
     if isinstance(cell, Stack) and isinstance(node, tuple) and len(node) == len(cell.layers):
         out: list[HiddenGroup] = []
         for i, (layer, sub) in enumerate(zip(cell.layers, node)):
-            out += _walk(layer, sub, f"{path}layers.{i}", start, batch)
+            where = _join(owner, f"layers.{i}")
+            out += _walk(layer, sub, where, start, batch, where)
             start += _count(sub)
         return out
     if cell is not None and callable(getattr(cell, "trace_groups", None)):
@@ -134,23 +143,23 @@ def _walk(cell: Any, node: Any, path: str, start: int, batch: int) -> list[Hidde
     if isinstance(node, Tensor):  # a bare tensor state
         if node.dim() != 2 or node.shape[0] != batch:
             raise _shape_error(path or "state", node, batch)
-        return [HiddenGroup(f"{path}[state]", (start,), ("state",), node.shape[1])]
+        return [HiddenGroup(f"{path}[state]", (start,), ("state",), node.shape[1], owner)]
     out = []
     pending: dict[tuple[int, ...], tuple[list[str], list[int]]] = {}  # shape -> (fields, leaves)
     pos = start
     for field, child in _children(node):
         if isinstance(child, Tensor):
             if child.dim() != 2 or child.shape[0] != batch:
-                raise _shape_error(f"{path}.{field}" if path else field, child, batch)
+                raise _shape_error(_join(path, field), child, batch)
             fs, ls = pending.setdefault(tuple(child.shape), ([], []))
             fs.append(field)
             ls.append(pos)
             pos += 1
         else:
-            out += _walk(None, child, f"{path}.{field}" if path else field, pos, batch)
+            out += _walk(None, child, _join(path, field), pos, batch, owner)
             pos += _count(child)
     for shape, (fs, ls) in pending.items():
-        out.append(HiddenGroup(f"{path}[{','.join(fs)}]", tuple(ls), tuple(fs), shape[1]))
+        out.append(HiddenGroup(f"{path}[{','.join(fs)}]", tuple(ls), tuple(fs), shape[1], owner))
     return sorted(out, key=lambda g: g.leaves[0])
 
 
