@@ -3,8 +3,10 @@
 Each measurement runs ``module:function(**kwargs)`` in its own Python process, so the peak of
 one configuration cannot hide behind an earlier, larger one. On CUDA the figure is
 ``torch.cuda.max_memory_allocated``; on the CPU it is the growth of the process's peak resident
-set during the call (``ru_maxrss``) above what the process held before it (imports, inputs
-built by ``setup``); there is no warm-up call on the CPU, since it would raise the peak first.
+set during the call above what the process held before it (imports, inputs built by
+``setup``); there is no warm-up call on the CPU, since it would raise the peak first. On Linux
+the peak (``VmHWM``) is reset just before the call: a child process inherits its parent's
+resident size as its initial ``ru_maxrss``, which hid every figure below the parent's size.
 """
 
 from __future__ import annotations
@@ -29,9 +31,19 @@ if dev.type == "cuda":
     run(); torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
 else:
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
+    try:  # Linux: reset the high-water mark, which a child inherits from its parent's RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = status("VmRSS")
+        run()
+        peak = status("VmHWM") - base
+    except OSError:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        run()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 print(json.dumps({"peak_bytes": int(peak)}))
 """
 
