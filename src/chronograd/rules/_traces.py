@@ -43,7 +43,7 @@ class TraceCarry:
     Attributes:
         graph: the compiled trace graph (compiled at the first chunk).
         n: steps since the start of the sequence.
-        weight: per relation index, the weight trace (D-RTRL: ``(B, I, H, S)``).
+        weight: per relation index, the D-RTRL weight trace ``(S, B, I, H)``.
         bias: per relation index, the bias trace ``(B, H, S)``.
         neuron: per (parameter, group), the per-neuron trace ``(B, H, S)``.
         ex: per relation index, pp-prop's input trace ``(B, I)``.
@@ -135,7 +135,6 @@ def run_chunk(
     if carry.graph is None:
         carry.graph = graph_for(model, xs[0], state, list(params))
     graph = carry.graph
-    chunk = graph.prepare(xs)
     leaves = tree_leaves(state)
     ref = leaves[0] if leaves else xs
     w = objective.weights(
@@ -152,8 +151,9 @@ def run_chunk(
         def loss(out: Any, wb: Tensor = wb, tb: Any = tb) -> Tensor:
             return (wb * objective.per_sample(out, tb)).sum()
 
+        chunk = graph.prepare(xs[b0:b1])  # hoisted input maps per block: memory flat in T
         blk = graph.run(
-            chunk, b0, b1, state, loss=loss, learning_signal=bool(wb.ne(0).any()),
+            chunk, 0, b1 - b0, state, loss=loss, learning_signal=bool(wb.ne(0).any()),
             multi_step=multi_step,
         )  # fmt: skip
         on_block(graph, blk, carry, grads)

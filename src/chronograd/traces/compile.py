@@ -21,164 +21,31 @@ its gradient needs the second weight's full Jacobian, which D-RTRL does not keep
 mixes neurons or groups other than through a relation, a parameter that changes the state but
 is neither a relation weight nor per-neuron. Probing happens at one random point, so a path
 whose derivative vanishes there (a surrogate gradient outside its support) can go unseen; the
-probe state is drawn at the scale of the thresholds to make that unlikely.
+probe state is the given one plus standard normal noise, which puts about half of the neurons
+of a unit-threshold spiking cell inside the surrogate's support.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp
 
-from chronograd._tree import tree_leaves, tree_unflatten
-from chronograd.cells.base import HoistedCell, check_cell
+from chronograd.cells.base import check_cell
 from chronograd.traces.analytic import analytic_jacobians
 from chronograd.traces.graph import TraceGraph
 from chronograd.traces.groups import HiddenGroup, hidden_groups
-from chronograd.traces.intercept import LinearCall, intercept_linears
+from chronograd.traces.intercept import LinearCall
+from chronograd.traces.probe import Probe, close, group_hits, nonzero, stack_group
 from chronograd.traces.signal import group_signal
-from chronograd.traces.structure import NeuronParam, Relation, StepOf, reduce_to
+from chronograd.traces.structure import NeuronParam, Relation, reduce_to
 
 _FIX = "train it with RTRL, BPTT or TBPTT, or leave it out of the rule's params"
 
 
-def _nonzero(t: Tensor | None, scale: float = 1.0) -> bool:
-    return t is not None and bool(t.abs().max() > 1e-10 * max(1.0, scale))
-
-
-def _close(a: Tensor, b: Tensor) -> bool:
-    a, b = a.detach(), b.detach()
-    scale = float(torch.maximum(a.abs().max(), b.abs().max()))
-    return bool((a - b).abs().max() <= 1e-8 * max(scale, 1e-30) + 1e-12)
-
-
-class _Probe:
-    """A float64 copy of the model, run once at a random state, with JVP helpers."""
-
-    def __init__(self, model: nn.Module, x: Tensor, state: Any, trained: Sequence[str]) -> None:
-        self.model = copy.deepcopy(model).to(torch.float64)
-        self.params = dict(self.model.named_parameters())
-        self.state = state
-        gen = torch.Generator().manual_seed(20240601)
-        self.h0 = [
-            (leaf.detach().double() + torch.randn(leaf.shape, generator=gen).to(leaf.device))
-            for leaf in tree_leaves(state)
-        ]
-        self.x = x.detach().to(torch.float64)
-        self.hoisted, self.u, self.in_calls, ys_in, self.leaf_of = self._hoist()
-        outs: list[Tensor] = []
-
-        def record(call: LinearCall, default: Any) -> Tensor:
-            y = default()
-            outs.append(y)
-            return y
-
-        with torch.no_grad(), intercept_linears(self.params, record) as rec:
-            self.step_fn()(self.u, tree_unflatten(state, self.h0))
-        self.step_calls = rec.calls
-        self.calls = list(self.in_calls) + list(self.step_calls)
-        self.y0 = [y.detach() for y in ys_in] + [y.detach() for y in outs]
-        self.n_in = len(self.in_calls)
-        self.trained = set(trained)
-
-    def step_fn(self) -> Any:
-        return self.model.step if self.hoisted else self.model
-
-    def _hoist(self) -> tuple[bool, Any, list[LinearCall], list[Tensor], dict[int, int]]:
-        """Whether the input map can run for a whole chunk, with the step input it gives."""
-        if not isinstance(self.model, HoistedCell):
-            return False, self.x, [], [], {}
-        outs: list[Tensor] = []
-
-        def record(call: LinearCall, default: Any) -> Tensor:
-            y = default()
-            outs.append(y)
-            return y
-
-        with torch.enable_grad(), intercept_linears(self.params, record) as rec:
-            u = self.model.input_map(self.x.unsqueeze(0))
-        leaves = tree_leaves(u)
-        leaf_of: dict[int, int] = {}
-        for k, y in enumerate(outs):
-            hits = [j for j, leaf in enumerate(leaves) if leaf is y]
-            if len(hits) != 1 or rec.calls[k].input.requires_grad:
-                return False, self.x, [], [], {}
-            leaf_of[k] = hits[0]
-        rel_leaves = set(leaf_of.values())
-        if any(leaf.requires_grad for j, leaf in enumerate(leaves) if j not in rel_leaves):
-            return False, self.x, [], [], {}
-        step_u = tree_unflatten(u, [leaf.detach()[0] for leaf in leaves])
-        ys = [outs[k].detach()[0] for k in range(len(outs))]
-        calls = [c._replace(input=c.input[0]) for c in rec.calls]
-        return True, step_u, calls, ys, leaf_of
-
-    def run(
-        self, h: Sequence[Tensor], ys: Sequence[Tensor], pvals: dict[str, Tensor], cut: set[int]
-    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]]:
-        """The step with relation outputs ``ys[i]`` injected for ``i in cut``.
-
-        Returns ``(new state leaves, output leaves, step relation inputs)``.
-        """
-        zs: list[Tensor] = []
-        pos = iter(range(self.n_in, len(self.calls)))
-
-        def handler(call: LinearCall, default: Any) -> Tensor:
-            i = next(pos)
-            zs.append(call.input)
-            return ys[i] if i in cut else default()
-
-        u = self.u
-        if self.hoisted:
-            leaves = list(tree_leaves(u))
-            for k in range(self.n_in):
-                leaves[self.leaf_of[k]] = ys[k]
-            u = tree_unflatten(u, leaves)
-        module = StepOf(self.model) if self.hoisted else self.model
-        prefix = "cell." if self.hoisted else ""
-        with intercept_linears(self.params, handler):
-            out, new = functional_call(
-                module,
-                {prefix + n: v for n, v in pvals.items()},
-                (u, tree_unflatten(self.state, list(h))),
-            )
-        return tuple(tree_leaves(new)), tuple(tree_leaves(out)), tuple(zs)
-
-    def jvp(
-        self,
-        th: dict[int, Tensor] | None = None,
-        ty: dict[int, Tensor] | None = None,
-        tp: dict[str, Tensor] | None = None,
-        cut: set[int] | None = None,
-        pnames: Sequence[str] = (),
-    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]]:
-        """Tangents of (new state, outputs, relation inputs) for the given input tangents."""
-        cut = set(range(len(self.calls))) if cut is None else cut
-        names = sorted(set(pnames) | set(tp or {}))
-        p0 = {n: self.params[n].detach() for n in names}
-        tan_h = tuple((th or {}).get(k, torch.zeros_like(h)) for k, h in enumerate(self.h0))
-        tan_y = tuple((ty or {}).get(k, torch.zeros_like(y)) for k, y in enumerate(self.y0))
-        tan_p = {n: (tp or {}).get(n, torch.zeros_like(v)) for n, v in p0.items()}
-        out = jvp(
-            lambda h, y, p: self.run(h, y, p, cut),
-            (tuple(self.h0), tuple(self.y0), p0),
-            (tan_h, tan_y, tan_p),
-        )
-        return out[1]
-
-
-def _group_hits(groups: Sequence[HiddenGroup], tangents: Sequence[Tensor]) -> list[int]:
-    return [gi for gi, g in enumerate(groups) if any(_nonzero(tangents[k]) for k in g.leaves)]
-
-
-def _stack(g: HiddenGroup, tangents: Sequence[Tensor]) -> Tensor:
-    return torch.stack([tangents[k] for k in g.leaves], -1)  # (B, H, S)
-
-
-def _check_groups(probe: _Probe, groups: Sequence[HiddenGroup]) -> list[Tensor]:
+def _check_groups(probe: Probe, groups: Sequence[HiddenGroup]) -> list[Tensor]:
     """Each group's state depends only on itself, element-wise per neuron; returns probe ``D``."""
     Ds = []
     gen = torch.Generator().manual_seed(7)
@@ -186,7 +53,7 @@ def _check_groups(probe: _Probe, groups: Sequence[HiddenGroup]) -> list[Tensor]:
         cols = []
         for c, leaf in enumerate(g.leaves):
             tn, _, _ = probe.jvp(th={leaf: torch.ones_like(probe.h0[leaf])})
-            for gj in _group_hits(groups, tn):
+            for gj in group_hits(groups, tn):
                 if gj != gi:
                     raise TypeError(
                         f"the state of {groups[gj].name} depends on {g.name} ({g.fields[c]}) "
@@ -194,12 +61,12 @@ def _check_groups(probe: _Probe, groups: Sequence[HiddenGroup]) -> list[Tensor]:
                         "parameter weight). The trace engine needs groups coupled only through "
                         f"relations; route the coupling through nn.Linear/F.linear, or {_FIX}"
                     )
-            cols.append(_stack(g, tn))
+            cols.append(stack_group(g, tn))
         D = torch.stack(cols, -1)  # (B, H, S, S): D[..., a, c]
         rho = {k: torch.randn(probe.h0[k].shape, generator=gen).to(probe.h0[k]) for k in g.leaves}
         tn, _, _ = probe.jvp(th=rho)
         want = (D * torch.stack([rho[k] for k in g.leaves], -1).unsqueeze(-2)).sum(-1)
-        if not _close(_stack(g, tn), want):
+        if not close(stack_group(g, tn), want):
             raise TypeError(
                 f"the state of {g.name} mixes neurons within a step: with every relation output "
                 "held fixed, ∂h_t/∂h_(t-1) is not diagonal per neuron (a dense map of the state "
@@ -212,12 +79,12 @@ def _check_groups(probe: _Probe, groups: Sequence[HiddenGroup]) -> list[Tensor]:
 
 
 def _relation_group(
-    probe: _Probe, groups: Sequence[HiddenGroup], i: int, call: LinearCall
+    probe: Probe, groups: Sequence[HiddenGroup], i: int, call: LinearCall
 ) -> tuple[int | None, Tensor | None]:
     """The group relation ``i`` feeds and its probe ``Df`` (None, None for an output relation)."""
     y = probe.y0[i]
     tn, _, tz = probe.jvp(ty={i: torch.ones_like(y)})
-    hits = _group_hits(groups, tn)
+    hits = group_hits(groups, tn)
     if len(hits) > 1:
         raise TypeError(
             f"the output of relation {call.weight!r} feeds several hidden groups "
@@ -226,11 +93,11 @@ def _relation_group(
         )
     if not hits:
         tn_u, _, _ = probe.jvp(ty={i: torch.ones_like(y)}, cut={i})
-        if any(_nonzero(t) for t in tn_u):
+        if any(nonzero(t) for t in tn_u):
             via = [
                 probe.calls[probe.n_in + k].weight
                 for k, t in enumerate(tz)
-                if _nonzero(t) and probe.n_in + k != i
+                if nonzero(t) and probe.n_in + k != i
             ]
             raise TypeError(
                 f"weight {call.weight!r} reaches the hidden state only through another "
@@ -247,10 +114,10 @@ def _relation_group(
             f"relation {call.weight!r} gives outputs of shape {tuple(y.shape)} but feeds "
             f"{g.name} of {g.size} neurons; a relation needs one output per neuron, (B, {g.size})"
         )
-    Df = _stack(g, tn)
+    Df = stack_group(g, tn)
     rho = torch.randn(y.shape, generator=torch.Generator().manual_seed(11)).to(y)
     tn2, _, _ = probe.jvp(ty={i: rho})
-    if not _close(_stack(g, tn2), Df * rho.unsqueeze(-1)):
+    if not close(stack_group(g, tn2), Df * rho.unsqueeze(-1)):
         raise TypeError(
             f"the output of relation {call.weight!r} is mixed across neurons before it reaches "
             f"{g.name} (a dense map after the matmul, e.g. a second matrix, a softmax or a "
@@ -261,16 +128,16 @@ def _relation_group(
 
 
 def _neuron_param(
-    probe: _Probe, groups: Sequence[HiddenGroup], name: str
+    probe: Probe, groups: Sequence[HiddenGroup], name: str
 ) -> tuple[tuple[int, ...], dict[int, Tensor]]:
     """Groups a non-relation parameter changes, with its probe ``Dp`` per group."""
     p = probe.params[name]
     tn, _, tz = probe.jvp(tp={name: torch.ones_like(p)})
-    hits = _group_hits(groups, tn)
+    hits = group_hits(groups, tn)
     if not hits:
         tn_u, _, _ = probe.jvp(tp={name: torch.ones_like(p)}, cut=set())
-        if any(_nonzero(t) for t in tn_u):
-            via = [probe.calls[probe.n_in + k].weight for k, t in enumerate(tz) if _nonzero(t)]
+        if any(nonzero(t) for t in tn_u):
+            via = [probe.calls[probe.n_in + k].weight for k, t in enumerate(tz) if nonzero(t)]
             raise TypeError(
                 f"parameter {name!r} reaches the hidden state only through a relation's input "
                 f"({', '.join(via) or 'a linear call'}), so its trace would need that "
@@ -281,7 +148,7 @@ def _neuron_param(
     Dps = {}
     for gi in hits:
         g = groups[gi]
-        Dp = _stack(g, tn)
+        Dp = stack_group(g, tn)
         if p.numel() != 1:
             if tuple(p.shape) != (g.size,):
                 raise TypeError(
@@ -292,7 +159,7 @@ def _neuron_param(
                 )
             rho = torch.randn(p.shape, generator=torch.Generator().manual_seed(13)).to(p)
             tn2, _, _ = probe.jvp(tp={name: rho})
-            if not _close(_stack(g, tn2), Dp * rho[None, :, None]):
+            if not close(stack_group(g, tn2), Dp * rho[None, :, None]):
                 raise TypeError(
                     f"parameter {name!r} of shape ({g.size},) does not act on each neuron of "
                     f"{g.name} separately (element h must affect neuron h only). Fix: {_FIX}"
@@ -323,7 +190,7 @@ def compile_graph(
     named = dict(model.named_parameters())
     trained = [n for n, p in named.items() if p.requires_grad] if trained is None else list(trained)
     groups = hidden_groups(model, state, int(x.shape[0]))
-    probe = _Probe(model, x, state, trained)
+    probe = Probe(model, x, state, trained)
     rel_params = {c.weight for c in probe.calls} | {c.bias for c in probe.calls if c.bias}
     for c in probe.calls:
         if c.form == "left" and (c.weight in probe.trained):
@@ -398,7 +265,7 @@ def compile_graph(
 
 
 def _analytic_groups(
-    probe: _Probe,
+    probe: Probe,
     groups: Sequence[HiddenGroup],
     rels: list[dict[str, Any]],
     Dprobe: list[Tensor],
@@ -413,15 +280,15 @@ def _analytic_groups(
         prev = {f: probe.h0[k] for f, k in zip(g.fields, g.leaves)}
         nxt = {f: new[k] for f, k in zip(g.fields, g.leaves)}
         got = analytic_jacobians(cell, prev, nxt)
-        if got is None or not _close(got[0], Dprobe[gi]):
+        if got is None or not close(got[0], Dprobe[gi]):
             continue
-        if all(_close(got[1], Dfs[i]) for i, r in enumerate(rels) if r["group"] == gi):
+        if all(close(got[1], Dfs[i]) for i, r in enumerate(rels) if r["group"] == gi):
             ok.add(gi)
     return frozenset(ok)
 
 
 def _structure(
-    probe: _Probe,
+    probe: Probe,
     groups: Sequence[HiddenGroup],
     rels: list[dict[str, Any]],
     nparams: dict[str, tuple[tuple[int, ...], dict[int, Tensor]]],
@@ -469,7 +336,7 @@ def _structure(
                 sweep.add(probe.n_in + k)
             i = probe.n_in + k
             tn, _, _ = probe.jvp(ty={i: torch.ones_like(probe.y0[i])})
-            fed = set(_group_hits(groups, tn))
+            fed = set(group_hits(groups, tn))
             pos = {leaf: j for j, leaf in enumerate(group_leaves)}
             for gi in fed:
                 if any(gs[pos[leaf]] is not None for leaf in groups[gi].leaves):
@@ -501,7 +368,7 @@ def _structure(
             gy = gs[off + k]
             total = torch.zeros_like(ys[i]) if gy is None else gy
             via = (delta[rels[i]["group"]] * Dfs[i]).sum(-1)
-            if not _close(total, via):
+            if not close(total, via):
                 if kind == "output":
                     direct_r.add(i)
                 else:
@@ -516,7 +383,7 @@ def _structure(
             total = torch.zeros_like(pvals[n]) if gp is None else gp
             hits, Dps = nparams[n]
             via = sum(reduce_to(delta[gi] * Dps[gi], pvals[n]) for gi in hits)
-            if not _close(total, via):  # type: ignore[arg-type]
+            if not close(total, via):  # type: ignore[arg-type]
                 if kind == "output":
                     direct_p.add(n)
                 else:
