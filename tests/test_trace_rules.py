@@ -279,3 +279,16 @@ def test_blocked_trace_advance_is_the_per_step_recursion(block, monkeypatch):
             monkeypatch.undo()
             for n in want:
                 torch.testing.assert_close(got[n], want[n], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.gpu
+def test_rules_on_cuda_match_the_cpu():
+    torch.manual_seed(0)
+    model, (xs, ys) = RECURRENT["alif"](), data()
+    for rule in (RTRL(), DRTRL(), PPProp(decay=0.5)):
+        cpu = cg.gradient(rule, model, xs, ys, MSE)
+        gpu = cg.gradient(rule, model.to("cuda"), xs.cuda(), ys.cuda(), MSE)
+        model.to("cpu")
+        for n in cpu:
+            assert gpu[n].device.type == "cuda"
+            torch.testing.assert_close(gpu[n].cpu(), cpu[n], rtol=1e-9, atol=1e-12)
