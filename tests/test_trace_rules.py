@@ -292,3 +292,14 @@ def test_rules_on_cuda_match_the_cpu():
         for n in cpu:
             assert gpu[n].device.type == "cuda"
             torch.testing.assert_close(gpu[n].cpu(), cpu[n], rtol=1e-9, atol=1e-12)
+
+
+def test_cli_trains_with_a_trace_rule_and_chunk(tmp_path):
+    from chronograd.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--task", "evidence", "--rule", "pp-prop", "--chunk", "40", "--cell", "lif",
+                 "--hidden", "8", "--epochs", "1", "--task-opt", "batches_per_epoch=1",
+                 "--task-opt", "batch_size=4", "--task-opt", "val_batches=1",
+                 "--task-opt", "time_scale=0.05", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0 and (out / "metrics.json").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import sys
 import time
@@ -86,8 +87,16 @@ def train(args: argparse.Namespace) -> int:
         hints.pop(k, None)
     model = build_model(cell, task.input_size, task.output_size, hidden, **hints)
     opts = parse_options(args.rule_opt)
-    if args.chunk is not None:
-        opts.setdefault("k1", args.chunk)
+    if args.chunk is not None:  # TBPTT calls its chunk k1, the trace rules chunk_size
+        factory = rules.RULES.get(args.rule.lower().replace("_", "-"))
+        names = (
+            {f.name for f in dataclasses.fields(factory)}
+            if dataclasses.is_dataclass(factory)
+            else set()
+        )
+        opts.setdefault(
+            "chunk_size" if "chunk_size" in names and "k1" not in names else "k1", args.chunk
+        )
     rule = rules.get(args.rule, **opts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
