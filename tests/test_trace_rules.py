@@ -214,9 +214,11 @@ def test_trace_dtype_and_options():
     a = cg.gradient(DRTRL(trace_dtype="float32"), model, xs, ys, MSE)
     b = cg.gradient(DRTRL(), model, xs, ys, MSE)
     c = cg.gradient(PPProp(trace_dtype=torch.float32), model, xs, ys, MSE)
+    r32 = cg.gradient(RTRL(trace_dtype="float32"), model, xs, ys, MSE)
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=1e-4, atol=1e-6)
-        assert a[n].dtype == D and c[n].dtype == D
+        torch.testing.assert_close(r32[n], b[n], rtol=1e-4, atol=1e-6)  # exact here: RTRL == DRTRL
+        assert a[n].dtype == D and c[n].dtype == D and r32[n].dtype == D
     with pytest.raises(ValueError, match="mode"):
         DRTRL(mode="both")
     with pytest.raises(ValueError, match="chunk_size"):

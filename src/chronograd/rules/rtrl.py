@@ -31,7 +31,7 @@ from torch.func import functional_call, jvp, vmap
 from chronograd._tree import detach, tree_leaves, tree_map, tree_stack, tree_unflatten
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules._traces import check_chunk, time_slice
+from chronograd.rules._traces import check_chunk, check_trace_dtype, time_slice
 from chronograd.rules.base import Carry, LearningRule, RuleStep, penalty_grads
 from chronograd.sequence import Span
 
@@ -44,19 +44,26 @@ class RTRL(LearningRule):
     Args:
         chunk_size: steps per update (``None``: one update per sequence).
         directions: parameter coordinates per ``vmap`` slice (bounds the working memory).
+        trace_dtype: dtype the influence matrices are kept in between steps (default: the
+            state's; the JVPs run in the state's dtype).
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
     chunk_size: int | None = None
     directions: int = 512
+    trace_dtype: torch.dtype | str | None = None
 
     def _check(self) -> None:
         check_chunk(self.chunk_size)
+        object.__setattr__(self, "trace_dtype", check_trace_dtype(self.trace_dtype))
         if not isinstance(self.directions, int) or self.directions < 1:
             raise ValueError(f"directions must be a positive int, got {self.directions!r}")
 
     def init(self, model: nn.Module, state: State) -> Carry:
         return None  # the influence matrices, created at the first chunk
+
+    def _dtype(self, like: Tensor) -> torch.dtype:
+        return self.trace_dtype if isinstance(self.trace_dtype, torch.dtype) else like.dtype
 
     def update(
         self,
@@ -76,8 +83,8 @@ class RTRL(LearningRule):
         M: list[Tensor] = (
             carry
             if carry is not None
-            else [leaf.new_zeros(*leaf.shape, P) for leaf in leaves]  # (B, ..., P)
-        )
+            else [leaf.new_zeros(*leaf.shape, P, dtype=self._dtype(leaf)) for leaf in leaves]
+        )  # (B, ..., P) per state tensor
         T, B = xs.shape[0], xs.shape[1]
         dtype = leaves[0].dtype if leaves else xs.dtype
         w = objective.weights(
@@ -113,7 +120,9 @@ class RTRL(LearningRule):
                     n: c.reshape(-1, *params[n].shape)
                     for n, c in zip(names, cols.split(sizes, dim=1))
                 }
-                tan_h = tuple(m[..., start:stop].movedim(-1, 0) for m in M)  # (k, B, ...)
+                tan_h = tuple(  # (k, B, ...), in the state's dtype
+                    m[..., start:stop].movedim(-1, 0).to(leaf.dtype) for m, leaf in zip(M, leaves)
+                )
                 (o, n_), (do, dn) = vmap(direction)(tan_h, tan_p)
                 out_t, new_t = [x[0] for x in o], [x[0] for x in n_]
                 dout.append(do)
@@ -132,7 +141,10 @@ class RTRL(LearningRule):
                         if g is not None:
                             first = k * self.directions
                             grad[first : first + d.shape[0]] += (d * g).flatten(1).sum(1)
-            M = [torch.cat([d[j] for d in dnew], 0).movedim(0, -1) for j in range(len(leaves))]
+            M = [
+                torch.cat([d[j] for d in dnew], 0).movedim(0, -1).to(self._dtype(leaves[j]))
+                for j in range(len(leaves))
+            ]
             leaves = [x.detach() for x in new_t]
             state = tree_unflatten(state, leaves)
             outs.append(detach(out))
