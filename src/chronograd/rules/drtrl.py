@@ -17,9 +17,14 @@ parameters their exact same-step gradient. Memory ``O(B·|θ|·S)``, flat in ``T
 D-RTRL keeps each neuron's own block of ``∂h_t/∂h_{t-1}`` and drops the rest: it is exact
 (equal to BPTT) when the recurrence is element-wise (no recurrent weights: leaky integrators,
 LIF/ALIF/two-state LIF without ``W_rec``, the diagonal cells), and equals exact RTRL whenever
-the Jacobian is block-diagonal. Memory that lives in *another* group (a leaky readout, κ > 0)
-is not propagated into upstream traces (e-prop's ``F_κ`` filtering is not applied); the
-readout's own weights stay exact.
+the Jacobian is block-diagonal. Memory that lives in *another* group (a leaky readout, κ > 0,
+or a second stateful layer) is not propagated into upstream traces (e-prop's ``F_κ``
+filtering is not applied); the readout's and the later layer's own weights stay exact.
+
+Implementation: the engine hands over blocks of up to 32 steps; the weight traces are then
+advanced once per block by an exact regrouping of the recursion (:func:`advance`: an adjoint
+recursion over the block's ``S``-vectors, one batched matmul, one pass over the trace), so a
+``(S, B, I, H)`` trace is read and written once per block rather than once per step.
 
 Menick et al. (2021), "Practical real time recurrent learning with a sparse approximation"
 (SnAp-1 keeps the same diagonal); Murray (2019), "Local online learning in recurrent networks
