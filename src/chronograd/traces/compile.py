@@ -258,7 +258,6 @@ def compile_graph(
         trained=trained,
         hoisted=probe.hoisted,
         intra=intra,
-        n_leaves=len(probe.h0),
         analytic=analytic,
         uncut=no_loops,
     )

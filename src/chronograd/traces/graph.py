@@ -59,7 +59,12 @@ class TraceGraph:
         neuron_params: per-neuron (element-wise or shared) parameters with exact traces.
         output_params: trained parameters that act on the output only (exact same-step grad).
         trained: names of the trained parameters.
-        hoisted: whether the model's input map runs for the whole chunk at once.
+        hoisted: whether the model's input map runs for a whole block of steps at once.
+        intra: per group, ``{c: (a, ...)}``: ``h^c_t`` depends on ``h^a_t`` within a step.
+        analytic: the groups whose ``D``/``Df`` come in closed form (:mod:`.analytic`).
+        step_relations, input_relations, state_relations, sweep_relations: relation indices
+            called in the step, in the hoisted input map, feeding a group (trained), and whose
+            input depends on the step's new state.
     """
 
     def __init__(
@@ -73,7 +78,6 @@ class TraceGraph:
         trained: Sequence[str],
         hoisted: bool,
         intra: dict[int, dict[int, tuple[int, ...]]],
-        n_leaves: int,
         analytic: frozenset[int] = frozenset(),
         uncut: bool = False,
     ) -> None:
@@ -86,7 +90,6 @@ class TraceGraph:
         self.trained = tuple(trained)
         self.hoisted = hoisted
         self.intra = intra  # group -> {c: (a, ...)}: h^c_t depends on h^a_t within the step
-        self.n_leaves = n_leaves
         self.analytic = analytic  # groups whose D/Df come in closed form (traces.analytic)
         self._uncut_ok = uncut
         self._owners: list[nn.Module] | None = None
