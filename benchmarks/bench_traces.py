@@ -247,7 +247,8 @@ def memory(args: argparse.Namespace, rows: list[str]) -> None:
         f"{per[('drtrl', False)]} (default) / {per[('drtrl', True)]} (mapped), pp-prop "
         f"{per[('pp-prop', False)]} / {per[('pp-prop', True)]}, BPTT {per[('bptt', False)]} / "
         f"{per[('bptt', True)]}. The traces of pp-prop and D-RTRL do not grow with T: what grows "
-        "is the (T, B, O) outputs every rule returns (0.6 KB per step and copy here; the chunk "
+        f"is the (T, B, O) outputs every rule returns ({16 * 10 * 4 / 1024:.1f} KB per step and "
+        "copy here: B = 16, O = 10, float32; the chunk "
         "and sequence drivers each concatenate them) and the (T, B) loss weights, plus, with the "
         "default allocator, the heap's fragmentation. The bare forward grows with its hoisted "
         "(T, B, H) input map; BPTT keeps every step's activations.",

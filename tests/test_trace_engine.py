@@ -14,6 +14,7 @@ from chronograd.cells import (
     LIF,
     Cell,
     DiagonalRNN,
+    HoistedCell,
     LeakyReadout,
     LeakyRNN,
     Map,
@@ -357,3 +358,31 @@ def test_a_wrong_formula_is_not_used(monkeypatch):
     g = graph(model)
     assert g.analytic == {1} and "layers.0[v]: H=5, S=1 (v), D/Df by autodiff" in repr(g)
     assert_matches_bptt(DRTRL(), model, *data(), cg.Objective("mse"), rtol=1e-9)
+
+
+class Scaled(HoistedCell):
+    """A hoisted cell whose input relation sees a transformed input (2 x), not x itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.input_size, self.output_size = 4, 5
+        self.input = nn.Linear(4, 5).double()
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        return H1(torch.zeros(batch_size, 5, dtype=D))
+
+    def input_map(self, x):
+        return self.input(2.0 * x)
+
+    def step(self, u, state):
+        h = 0.6 * state.h + torch.tanh(u)
+        return h, H1(h)
+
+
+def test_hoisted_relation_inputs_are_the_recorded_ones():
+    cell = Scaled()
+    assert graph(cell).hoisted
+    xs, _ = data()
+    assert_matches_bptt(
+        DRTRL(), cell, xs, torch.randn(T, B, 5, dtype=D), cg.Objective("mse"), rtol=1e-9
+    )

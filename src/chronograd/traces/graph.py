@@ -154,18 +154,20 @@ class TraceGraph:
         model = self.model
         T = xs.shape[0]
         ys: list[Tensor | None] = [None] * len(self.relations)
+        zs: list[Tensor | None] = [None] * len(self.relations)
         params = dict(model.named_parameters())
         if not self.hoisted:
-            return Chunk(xs, list(xs.unbind(0)), ys, params)
+            return Chunk(xs, list(xs.unbind(0)), ys, zs, params)
         with torch.no_grad(), intercept_linears(params) as rec:
             u = model.input_map(xs)  # type: ignore[operator]
         self._check_calls(rec.calls, self.input_relations)
         leaves = tree_leaves(u)
-        for i in self.input_relations:
+        for k, i in enumerate(self.input_relations):
             ys[i] = leaves[self.relations[i].leaf]  # type: ignore[index]
+            zs[i] = rec.calls[k].input  # (T, B, I): the relation's actual input
         parts = [leaf.unbind(0) for leaf in leaves]
         steps = [tree_unflatten(u, [p[t] for p in parts]) for t in range(T)]
-        return Chunk(xs, steps, ys, params)
+        return Chunk(xs, steps, ys, zs, params)
 
     def _check_calls(self, calls: Sequence[LinearCall], which: Sequence[int]) -> None:
         names = [c.weight for c in calls]
@@ -220,7 +222,11 @@ class TraceGraph:
         Dp = jacobians.neuron_jacobians(self, rec, chunk.params)
         K = len(rec.new)
         inputs = tuple(
-            torch.stack([some(rec.zs[k][i]).detach() for k in range(K)]) if r.trained else None
+            None
+            if not r.trained
+            else some(chunk.zs[i])[start:stop]  # hoisted: already (K, B, I)
+            if r.hoisted
+            else torch.stack([some(rec.zs[k][i]).detach() for k in range(K)])
             for i, r in enumerate(self.relations)
         )
         outs = tree_stack(rec.outs)
@@ -248,7 +254,7 @@ class TraceGraph:
         zs: list[Tensor | None] = [None] * n
         for i in self.input_relations:
             ys[i] = some(chunk.ys[i])[t].detach().requires_grad_(True)
-            zs[i] = chunk.xs[t]
+            zs[i] = some(chunk.zs[i])[t]
         order = iter(self.step_relations)
         uncut = self.uncut
 

@@ -71,12 +71,14 @@ class Chunk(NamedTuple):
         xs: ``(T, B, I)`` raw inputs.
         u: per-step step inputs: ``input_map(xs)`` split over time, or ``xs`` split over time.
         ys: per relation, ``(T, B, H)`` outputs of hoisted relations (None for step relations).
+        zs: per relation, ``(T, B, I)`` inputs of hoisted relations (None for step relations).
         params: the model's parameters by name (looked up once per chunk).
     """
 
     xs: Tensor
     u: list[Any]
     ys: list[Tensor | None]
+    zs: list[Tensor | None]
     params: dict[str, nn.Parameter]
 
 
