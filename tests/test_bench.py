@@ -24,3 +24,11 @@ def test_peak_memory_sees_allocations_in_a_fresh_process():
     big = peak_memory("tests.test_bench:allocate", {"mbytes": 200})
     assert big > 150 * 2**20
     assert big - small > 150 * 2**20
+
+
+def test_peak_memory_is_not_hidden_by_a_large_parent_process():
+    held = torch.ones(300 * 2**18)  # the parent holds 300 MiB (a child inherits its peak RSS)
+    held += 1
+    got = peak_memory("tests.test_bench:allocate", {"mbytes": 100})
+    assert 80 * 2**20 < got < 250 * 2**20
+    del held

@@ -25,6 +25,8 @@ RULES = [
     ("sltt", {"k": 5}),
     ("fptt", {}),
     ("fptt", {"form": "two_pass", "chunk": 3}),  # its second pass is averaged over ranks too
+    ("drtrl", {"chunk_size": 4}),
+    ("pp-prop", {"decay": 0.5, "chunk_size": 4}),
 ]
 
 

@@ -187,8 +187,10 @@ def test_cli_errors_are_one_line(capsys):
 
 
 @pytest.mark.parametrize(
-    "rule, option", [("tbptt", "k1"), ("fptt", "chunk"), ("rls", "every_k_steps")]
-)
+    "rule, option",
+    [("tbptt", "k1"), ("fptt", "chunk"), ("rls", "every_k_steps"), ("rtrl", "chunk_size"),
+     ("drtrl", "chunk_size"), ("pp-prop", "chunk_size")],
+)  # fmt: skip
 def test_cli_chunk_maps_to_each_rules_own_option(rule, option):
     assert cg.rules.chunk_option(rule) == option
     assert getattr(cg.rules.get(rule, **{option: 7}), option) == 7

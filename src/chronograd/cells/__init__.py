@@ -10,12 +10,14 @@ from chronograd.cells.base import (
     is_cell,
 )
 from chronograd.cells.chaotic import ChaoticRNN, ChaoticState
+from chronograd.cells.diagonal import DiagonalRNN
 from chronograd.cells.feedforward import DropoutState, SequenceDropout, spiking_mlp
 from chronograd.cells.lif import ALIF, LIF, ALIFState, LIFState, lsnn_beta
 from chronograd.cells.readout import LeakyReadout, ReadoutState
 from chronograd.cells.rnn import GRU, LeakyRNN, RNNState
 from chronograd.cells.stack import Stack
 from chronograd.cells.surrogate import FastSigmoid, Sigmoid, Surrogate, Triangle, get_surrogate
+from chronograd.cells.synaptic import SynapticLIF, SynapticLIFState
 from chronograd.cells.wilson_cowan import WCState, WilsonCowan, dale_signs
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "Cell",
     "ChaoticRNN",
     "ChaoticState",
+    "DiagonalRNN",
     "DropoutState",
     "EmptyState",
     "FastSigmoid",
@@ -41,6 +44,8 @@ __all__ = [
     "Stack",
     "State",
     "Surrogate",
+    "SynapticLIF",
+    "SynapticLIFState",
     "Triangle",
     "WCState",
     "WilsonCowan",

@@ -86,7 +86,14 @@ class _Spiking(HoistedCell):
 
     def _membrane(self, u: Tensor, v: Tensor, z_prev: Tensor) -> Tensor:
         """``α v + u + W_rec z_{t-1} - z_{t-1} v_th`` (reset gradient stopped if configured)."""
-        i = u if self.recurrent is None else u + self.recurrent(z_prev)
+        return self._integrate(self._synaptic_input(u, z_prev), v, z_prev)
+
+    def _synaptic_input(self, u: Tensor, z_prev: Tensor) -> Tensor:
+        """``u + W_rec z_{t-1}``: the input map plus the recurrent spikes (if any)."""
+        return u if self.recurrent is None else u + self.recurrent(z_prev)
+
+    def _integrate(self, i: Tensor, v: Tensor, z_prev: Tensor) -> Tensor:
+        """``α v + i - z_{t-1} v_th``: leak, input current, reset by subtraction."""
         reset = z_prev.detach() if self.detach_reset else z_prev
         return self.alpha * v + i - reset * self.threshold
 

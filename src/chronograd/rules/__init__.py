@@ -16,9 +16,12 @@ from chronograd.rules.base import (
     select_parameters,
 )
 from chronograd.rules.bptt import BPTT
+from chronograd.rules.drtrl import DRTRL
 from chronograd.rules.fptt import FPTT, fptt_load_average
 from chronograd.rules.ottt import OTTT
+from chronograd.rules.pp_prop import ESDRTRL, PPProp
 from chronograd.rules.rls import RLS
+from chronograd.rules.rtrl import RTRL
 from chronograd.rules.run import SequenceResult, apply_to_model, gradient, run_sequence
 from chronograd.rules.sltt import SLTT
 from chronograd.rules.tbptt import TBPTT
@@ -30,6 +33,9 @@ RULES: dict[str, Callable[..., LearningRule]] = {
     "sltt": SLTT,
     "fptt": FPTT,
     "rls": RLS,
+    "rtrl": RTRL,
+    "drtrl": DRTRL,
+    "pp-prop": PPProp,
 }
 
 
@@ -64,13 +70,17 @@ def get(name: str, **options: Any) -> LearningRule:
 
 __all__ = [
     "BPTT",
+    "DRTRL",
+    "ESDRTRL",
     "FPTT",
     "OTTT",
     "RLS",
+    "RTRL",
     "RULES",
     "SLTT",
     "TBPTT",
     "LearningRule",
+    "PPProp",
     "RuleStep",
     "SequenceResult",
     "apply_to_model",

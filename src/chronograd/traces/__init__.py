@@ -1,10 +1,49 @@
-"""Relation discovery and Jacobians for the eligibility-trace rules."""
+"""Relation discovery and Jacobians for the eligibility-trace rules.
 
+* :mod:`~chronograd.traces.intercept`: see the linear calls ("relations") inside a step.
+* :mod:`~chronograd.traces.groups`: which state tensors form the neurons (hidden groups).
+* :mod:`~chronograd.traces.compile`: :func:`compile_graph` probes a model and checks it fits.
+* :mod:`~chronograd.traces.graph`: :class:`TraceGraph` runs blocks of steps and returns
+  ``D``, ``Df`` (:mod:`~chronograd.traces.jacobians`) and ``δ``
+  (:mod:`~chronograd.traces.signal`); :mod:`~chronograd.traces.analytic` has closed forms
+  for the shipped cells.
+"""
+
+from chronograd.traces.analytic import analytic_jacobians
+from chronograd.traces.compile import compile_graph
+from chronograd.traces.graph import TraceGraph
+from chronograd.traces.groups import HiddenGroup, hidden_groups
 from chronograd.traces.intercept import (
     LinearCall,
     find_relations,
     intercept_linears,
     relation_output,
 )
+from chronograd.traces.signal import group_signal
+from chronograd.traces.structure import (
+    Chunk,
+    NeuronParam,
+    Relation,
+    TraceBlock,
+    TraceStep,
+    relation_grads,
+)
 
-__all__ = ["LinearCall", "find_relations", "intercept_linears", "relation_output"]
+__all__ = [
+    "Chunk",
+    "HiddenGroup",
+    "LinearCall",
+    "NeuronParam",
+    "Relation",
+    "TraceBlock",
+    "TraceGraph",
+    "TraceStep",
+    "analytic_jacobians",
+    "compile_graph",
+    "find_relations",
+    "group_signal",
+    "hidden_groups",
+    "intercept_linears",
+    "relation_grads",
+    "relation_output",
+]

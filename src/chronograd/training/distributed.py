@@ -19,6 +19,7 @@ the model is on a GPU, gloo otherwise; collectives time out after ``timeout`` se
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -85,8 +86,16 @@ def setup(mode: bool | str | None, device: torch.device) -> DistributedContext |
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        # a group still alive at interpreter exit can abort the process ("terminate called
+        # without an active exception"): the group chronograd created, it also destroys
+        atexit.register(_destroy)
     ctx = DistributedContext(dist.get_rank(), dist.get_world_size())
     return ctx if ctx.world_size > 1 else None
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def broadcast_module(module: nn.Module) -> None:

@@ -1,0 +1,287 @@
+"""Shared machinery of the eligibility-trace rules (D-RTRL, pp-prop): carry, chunk loop, checks.
+
+A rule supplies a per-block callback that updates its traces from a
+:class:`~chronograd.traces.TraceBlock` and adds to the chunk's gradient; this module runs the
+chunk (hoisted input maps once, then engine blocks of up to :data:`BLOCK` steps), builds each
+block's loss from the objective's window weights (so the blocks' losses sum to the chunk's
+loss), adds the exact same-step gradients and, once per update, the regularizers' gradient.
+Blocks change nothing in the mathematics: every trace recursion is still per step.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from chronograd._tree import tree_cat, tree_leaves, tree_map
+from chronograd.cells.base import State, check_cell, param_like
+from chronograd.objectives import Objective
+from chronograd.rules.base import Grads, RuleStep, penalty_grads
+from chronograd.sequence import Span
+from chronograd.traces.compile import compile_graph
+from chronograd.traces.graph import TraceGraph
+from chronograd.traces.structure import TraceBlock, add_into
+
+_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, dict[Any, TraceGraph]] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class TraceCarry:
+    """The carry of the trace rules: traces of the current sequence, updated in place.
+
+    Attributes:
+        graph: the compiled trace graph (compiled at the first chunk).
+        n: steps since the start of the sequence.
+        weight: per relation index, the D-RTRL weight trace ``(S, B, I, H)``.
+        bias: per relation index, the bias trace ``(B, H, S)``.
+        neuron: per (parameter, group), the per-neuron trace ``(B, H, S)``.
+        ex: per relation index, pp-prop's input trace ``(B, I)``.
+        ef: per relation index, pp-prop's output trace ``(B, H, S)``.
+    """
+
+    graph: TraceGraph | None = None
+    n: int = 0
+    weight: dict[int, Tensor] = field(default_factory=dict)
+    bias: dict[int, Tensor] = field(default_factory=dict)
+    neuron: dict[tuple[str, int], Tensor] = field(default_factory=dict)
+    ex: dict[int, Tensor] = field(default_factory=dict)
+    ef: dict[int, Tensor] = field(default_factory=dict)
+
+
+def check_trace_dtype(value: Any) -> torch.dtype | None:
+    """``None``, a floating ``torch.dtype`` or its name; raises ``ValueError`` otherwise."""
+    if value is None or (isinstance(value, torch.dtype) and value.is_floating_point):
+        return value
+    if isinstance(value, str) and value in _DTYPES:
+        return _DTYPES[value]
+    raise ValueError(
+        f"trace_dtype must be a floating torch.dtype or one of {sorted(_DTYPES)}, got {value!r}"
+    )
+
+
+def check_chunk(value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"chunk_size must be a positive int (steps per update), got {value!r}")
+
+
+def _key(model: nn.Module, x: Tensor, state: State, trained: Sequence[str]) -> Any:
+    params = tuple(
+        (n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in model.named_parameters()
+    )
+    leaves = tuple((tuple(t.shape[1:]), t.dtype) for t in tree_leaves(state))
+    return (tuple(trained), tuple(x.shape[1:]), x.dtype, x.device.type, leaves, params)
+
+
+def graph_for(model: nn.Module, x: Tensor, state: State, trained: Sequence[str]) -> TraceGraph:
+    """The compiled trace graph of ``model`` (cached per model and input/state signature)."""
+    cache = _GRAPHS.setdefault(model, {})
+    key = _key(model, x, state, trained)
+    if key not in cache:
+        cache[key] = compile_graph(model, x, state, trained)
+    return cache[key]
+
+
+def check_trace_model(model: nn.Module, trained: Sequence[str]) -> TraceGraph:
+    """Compile the model's trace graph on a random probe input; raises ``TypeError`` if unfit."""
+    check_cell(model, "model")
+    size = getattr(model, "input_size", None)
+    if not isinstance(size, int):
+        raise TypeError(
+            f"{type(model).__name__} has no integer input_size, so the trace engine cannot probe "
+            "it before training; give the cell an input_size attribute"
+        )
+    device, dtype = param_like(model)
+    x = torch.randn(2, size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    state = model.init_state(2, device=device, dtype=dtype)  # type: ignore[operator]
+    return graph_for(model, x, state, trained)
+
+
+BLOCK = 32  # steps per engine block: one loss evaluation and one backward pass per block
+BlockFn = Callable[[TraceGraph, TraceBlock, "TraceCarry", dict[str, Tensor]], None]
+
+
+def run_chunk(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    xs: Tensor,
+    targets: Any,
+    state: State,
+    carry: TraceCarry,
+    objective: Objective,
+    span: Span,
+    *,
+    on_block: BlockFn,
+    multi_step: bool = False,
+) -> RuleStep:
+    """Run one chunk through the trace engine, in blocks; ``on_block`` turns each into gradients.
+
+    ``on_block(graph, block, carry, grads)`` updates the traces in ``carry`` (``carry.n`` is the
+    number of steps before the block) and adds to ``grads``. Each block's loss is
+    ``Σ_k w_k · ℓ_k`` with the objective's window weights ``w``, so the blocks' losses sum to
+    the chunk's loss; a block whose weights are all zero skips the learning signal.
+    """
+    T, B = xs.shape[0], xs.shape[1]
+    if carry.graph is None:
+        carry.graph = graph_for(model, xs[0], state, list(params))
+    graph = carry.graph
+    leaves = tree_leaves(state)
+    ref = leaves[0] if leaves else xs
+    w = objective.weights(
+        span.total, B, start=span.start, stop=span.stop, device=xs.device, dtype=ref.dtype
+    )
+    grads: dict[str, Tensor] = {}
+    outs: list[Any] = []
+    total = torch.zeros((), device=xs.device, dtype=ref.dtype)
+    for b0 in range(0, T, BLOCK):
+        b1 = min(T, b0 + BLOCK)
+        wb = w[b0:b1]
+        tb = time_slice(targets, b0, b1)
+
+        def loss(out: Any, wb: Tensor = wb, tb: Any = tb) -> Tensor:
+            return (wb * objective.per_sample(out, tb)).sum()
+
+        chunk = graph.prepare(xs[b0:b1])  # hoisted input maps per block: memory flat in T
+        blk = graph.run(
+            chunk, 0, b1 - b0, state, loss=loss, learning_signal=bool(wb.ne(0).any()),
+            multi_step=multi_step,
+        )  # fmt: skip
+        on_block(graph, blk, carry, grads)
+        add_into(grads, blk.exact)
+        carry.n += b1 - b0
+        state = blk.state
+        outs.append(blk.outputs)
+        total = total + blk.loss  # type: ignore[operator]
+    pen = penalty_grads(objective, dict(params))
+    if pen:
+        add_into(grads, pen)
+    full: Grads = {
+        n: (grads[n] if n in grads else torch.zeros_like(p)).to(p.dtype).reshape(p.shape)
+        for n, p in params.items()
+    }
+    return RuleStep(full, state, carry, total.detach(), tree_cat(outs))
+
+
+def time_slice(tree: Any, start: int, stop: int) -> Any:
+    """Steps ``[start, stop)`` of time-first tensors (a tensor or a tree of them)."""
+
+    def cut(y: Tensor) -> Tensor:
+        return y[start:stop]
+
+    return tree_map(cut, tree)
+
+
+def add_grad(grads: dict[str, Tensor], name: str, value: Tensor) -> None:
+    """``grads[name] += value`` (creating it)."""
+    grads[name] = grads[name] + value if name in grads else value
+
+
+def small_traces(
+    e: Tensor, D: Tensor, src: Tensor, scale: float = 1.0, src_scale: float = 1.0
+) -> Tensor:
+    """Advance a ``(B, H, S)`` trace over a block in place and return its history.
+
+    ``e_k = scale · D_k e_{k-1} + src_scale · src_k`` for ``D`` (K, B, H, S, S) and ``src``
+    (K, B, H, S); returns ``(K + 1, B, H, S)``: ``[e_{-1}, e_0, ..., e_{K-1}]``.
+    """
+    hist = [e.clone()]
+    for k in range(D.shape[0]):
+        mix_small(e, D[k], src[k], scale, src_scale)
+        hist.append(e.clone())
+    return torch.stack(hist)
+
+
+def signal_grad(blk: TraceBlock, gi: int, hist: Tensor) -> Tensor | None:
+    """``Σ_k <δ_k, e_k> + <δ^prev_k, e_{k-1}>`` per ``(B, H, S)`` element, for a trace history.
+
+    Returns ``(B, H, S)`` summed over the block's steps, or None when there is no signal.
+    """
+    out: Tensor | None = None
+    if blk.delta is not None:
+        out = (blk.delta[gi].to(hist.dtype) * hist[1:]).sum(0)
+    if blk.delta_prev is not None:
+        prev = (blk.delta_prev[gi].to(hist.dtype) * hist[:-1]).sum(0)
+        out = prev if out is None else out + prev
+    return out
+
+
+def neuron_traces(
+    graph: TraceGraph,
+    blk: TraceBlock,
+    carry: TraceCarry,
+    grads: dict[str, Tensor],
+    dtype: torch.dtype | None,
+) -> None:
+    """Exact per-neuron traces ``e_t = D_t e_{t-1} + Dp_t`` and their gradient ``Σ δ ⊙ e``."""
+    for p in graph.neuron_params:
+        for gi in p.groups:
+            Dp = blk.Dp[(p.name, gi)]
+            e = carry.neuron.get((p.name, gi))
+            if e is None:
+                e = carry.neuron[(p.name, gi)] = torch.zeros_like(Dp[0], dtype=dtype or Dp.dtype)
+            g = signal_grad(blk, gi, small_traces(e, blk.D[gi], Dp))
+            if g is not None:
+                add_grad(grads, p.name, g.sum() if p.shared else g.sum((0, 2)))
+
+
+def bias_traces(
+    graph: TraceGraph,
+    blk: TraceBlock,
+    carry: TraceCarry,
+    grads: dict[str, Tensor],
+    dtype: torch.dtype | None,
+) -> None:
+    """Exact bias traces ``eb_t = D_t eb_{t-1} + Df_t`` of every trained state relation."""
+    for i, r in enumerate(graph.relations):
+        if r.group is None or r.bias is None or r.bias not in graph.trained:
+            continue
+        Df = blk.Df[i]
+        assert Df is not None
+        eb = carry.bias.get(i)
+        if eb is None:
+            eb = carry.bias[i] = torch.zeros_like(Df[0], dtype=dtype or Df.dtype)
+        g = signal_grad(blk, r.group, small_traces(eb, blk.D[r.group], Df))
+        if g is not None:
+            add_grad(grads, r.bias, g.sum((0, 2)))
+
+
+def mix_small(
+    e: Tensor, D: Tensor, src: Tensor, scale: float = 1.0, src_scale: float = 1.0
+) -> None:
+    """In place ``e ← scale · (D e) + src_scale · src`` for ``(B, H, S)`` traces, ``D`` (B,H,S,S)."""
+    D = D if D.dtype == e.dtype else D.to(e.dtype)
+    if e.shape[-1] == 1:
+        e.mul_(D[..., 0] if scale == 1.0 else D[..., 0] * scale)
+    else:
+        e.copy_(matvec(D, e) * scale)
+    e.add_(src if src.dtype == e.dtype else src.to(e.dtype), alpha=src_scale)
+
+
+def matvec(D: Tensor, v: Tensor, transpose: bool = False) -> Tensor:
+    """Per-neuron ``D v`` (or ``Dᵀ v``): ``D`` (..., S, S), ``v`` (..., S) -> (..., S).
+
+    Element-wise products summed over the tiny ``S`` axis (a batched matmul of ``B·H``
+    ``S × S`` blocks is far slower on the CPU).
+    """
+    if D.shape[-1] == 1:
+        return D[..., 0] * v
+    if transpose:
+        return (D * v.unsqueeze(-1)).sum(-2)
+    return (D * v.unsqueeze(-2)).sum(-1)
+
+
+def matmul(A: Tensor, B: Tensor) -> Tensor:
+    """Per-neuron ``A B`` of ``(..., S, S)`` blocks."""
+    if A.shape[-1] == 1:
+        return A * B
+    return (A.unsqueeze(-1) * B.unsqueeze(-3)).sum(-2)
