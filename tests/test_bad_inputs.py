@@ -6,9 +6,25 @@ import torch
 from torch import nn
 
 import chronograd as cg
-from chronograd import BPTT, TBPTT, Objective
-from chronograd.cells import ALIF, GRU, LIF, LeakyReadout, LeakyRNN, Map, Stack, Triangle
+from chronograd import BPTT, TBPTT, Objective, online
+from chronograd import dale as dale_mod
+from chronograd import regularizers as regs
+from chronograd.cells import (
+    ALIF,
+    GRU,
+    LIF,
+    DiagonalRNN,
+    LeakyReadout,
+    LeakyRNN,
+    Map,
+    SequenceDropout,
+    Stack,
+    SynapticLIF,
+    Triangle,
+    WilsonCowan,
+)
 from chronograd.reproducibility import seed_everything
+from chronograd.rules import DRTRL, FPTT, OTTT, RLS, RTRL, SLTT, PPProp
 from chronograd.sequence import spans
 from chronograd.training import Checkpoint, EarlyStopping, Event, Trainer
 
@@ -293,6 +309,125 @@ CASES = [
     ("evidence option", lambda: cg.tasks.get("evidence", foo=1), TypeError, "foo"),
     # misc
     ("seed type", lambda: seed_everything("7"), TypeError, "seed must be an int"),
+    # cells added by the trace, online and RLS issues
+    (
+        "synaptic tau",
+        lambda: SynapticLIF(3, 4, tau_syn=0.0),
+        ValueError,
+        "time constants must be > 0",
+    ),
+    ("diagonal size", lambda: DiagonalRNN(3, 0), ValueError, "hidden_size must be a positive int"),
+    (
+        "wilson-cowan size",
+        lambda: WilsonCowan(0, 3),
+        ValueError,
+        "input_size must be a positive int",
+    ),
+    ("dropout size", lambda: SequenceDropout(1.5), ValueError, "size must be a positive int"),
+    # trace rules
+    (
+        "drtrl mode",
+        lambda: DRTRL(mode="two-step"),
+        ValueError,
+        "mode must be 'single-step' or 'multi-step'",
+    ),
+    ("drtrl chunk", lambda: DRTRL(chunk_size=0), ValueError, "chunk_size must be a positive int"),
+    ("pp-prop decay", lambda: PPProp(decay=1.0), ValueError, "decay must lie in [0, 1)"),
+    ("pp-prop rank", lambda: PPProp(rank=0), ValueError, "rank must be an int >= 1"),
+    (
+        "rtrl trace dtype",
+        lambda: RTRL(trace_dtype="float"),
+        ValueError,
+        "trace_dtype must be a floating torch.dtype",
+    ),
+    (
+        "drtrl weight behind a relation",
+        lambda: cg.gradient(
+            DRTRL(),
+            Stack(Map(nn.Linear(3, 4)), LIF(4, 5), LeakyReadout(5, 2)).double(),
+            xs(),
+            ys(),
+            Objective(),
+        ),
+        TypeError,
+        "reaches the hidden state only through another relation",
+    ),
+    # online rules and helpers
+    (
+        "ottt decay",
+        lambda: OTTT(decay=-0.1),
+        ValueError,
+        "a trace decay must be a number in [0, 1]",
+    ),
+    ("sltt k 0", lambda: SLTT(k=0), ValueError, "k must be a positive int"),
+    (
+        "sltt k online",
+        lambda: SLTT(k=3, online=True),
+        ValueError,
+        "online=True would apply zero updates",
+    ),
+    ("fptt alpha", lambda: FPTT(alpha=0.0), ValueError, "alpha must be a finite number > 0"),
+    ("fptt form", lambda: FPTT(form="triple"), ValueError, "form must be 'dual' or 'two_pass'"),
+    ("fptt accumulate", lambda: FPTT(accumulate=True), ValueError, "accumulate=True"),
+    (
+        "fptt helper lengths",
+        lambda: online.fptt_online_training(
+            net(),
+            torch.optim.SGD(net().parameters(), lr=0.1),
+            xs(T=5),
+            ys(T=4),
+            torch.nn.functional.mse_loss,
+            0.1,
+            [],
+        ),
+        ValueError,
+        "differ in time length",
+    ),
+    # RLS
+    ("rls delta", lambda: RLS(delta=0.0), ValueError, "delta must be > 0"),
+    ("rls forgetting", lambda: RLS(forgetting=1.5), ValueError, "forgetting must lie in (0, 1]"),
+    ("rls strategy", lambda: RLS(strategy="magic"), ValueError, "unknown RLS strategy 'magic'"),
+    ("rls accumulate", lambda: RLS(accumulate=True), ValueError, "accumulate does not apply"),
+    # tasks
+    (
+        "digits encoding",
+        lambda: cg.tasks.get("digits", encoding="waves"),
+        ValueError,
+        "encoding must be one of",
+    ),
+    (
+        "copy length",
+        lambda: cg.tasks.get("copy", length=0),
+        ValueError,
+        "length must be a positive int",
+    ),
+    (
+        "arrays with NaN",
+        lambda: cg.tasks.from_arrays(
+            torch.full((4, 3, 2), float("nan")).numpy(), torch.zeros(4).long().numpy()
+        ),
+        ValueError,
+        "NaN or inf",
+    ),
+    # regularizers and Dale's law
+    (
+        "regularizer of a module",
+        lambda: regs.L1(nn.Linear(2, 2)),
+        TypeError,
+        "pass the parameters, not the module",
+    ),
+    (
+        "Lp p < 1",
+        lambda: regs.Lp([nn.Parameter(torch.ones(2))], p=0.5),
+        ValueError,
+        "p must be >= 1",
+    ),
+    (
+        "dale inh_ratio",
+        lambda: dale_mod.dale_reference((3, 4), inh_ratio=1.5, pre_dim=0),
+        ValueError,
+        "inh_ratio must lie in [0, 1]",
+    ),
 ]
 
 

@@ -117,3 +117,18 @@ def test_cli_train_runs_unchanged_under_torchrun(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["epochs"] == 1 and out.stdout.count("val_recall_error") == 1  # rank 0 reports
+
+
+def test_rls_refuses_distributed_training_with_a_clear_error():
+    from chronograd.cells import LeakyReadout, Map, Stack
+    from chronograd.objectives import Objective
+    from chronograd.rules import RLS
+    from chronograd.training import Trainer
+    from chronograd.training.distributed import DistributedContext
+
+    model = Stack(Map(torch.nn.Identity(), 3, 3), LeakyReadout(3, 2)).double()
+    trainer = Trainer(model, RLS(), Objective("mse"), distributed=False)
+    trainer.distributed = DistributedContext(0, 2)  # as if launched on 2 ranks
+    x, y = torch.randn(4, 2, 3, dtype=torch.float64), torch.randn(4, 2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="RLS updates weights directly"):
+        trainer._sequence(x, y)
