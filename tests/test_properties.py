@@ -97,3 +97,46 @@ def test_window_losses_add_up_for_sum_and_weights_are_normalised_for_mean(T, las
         if cut < T:
             parts = parts + obj.loss(o[cut:], y[cut:], start=cut, total=T)
         torch.testing.assert_close(parts, obj.loss(o, y))
+
+
+RULE_OPTIONS = {
+    "bptt": lambda k, a: {"checkpoint": k},
+    "tbptt": lambda k, a: {"k1": k},
+    "rtrl": lambda k, a: {"chunk_size": k},
+    "drtrl": lambda k, a: {"chunk_size": k, "mode": "multi-step" if a > 0.5 else "single-step"},
+    "pp-prop": lambda k, a: {"chunk_size": k, "decay": a},
+    "ottt": lambda k, a: {"online": a > 0.5, "decay": a},
+    "sltt": lambda k, a: {"k": k},
+    "fptt": lambda k, a: {"chunk": k, "alpha": a},
+}
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(sorted(RULE_OPTIONS)),
+    k=st.one_of(st.integers(1, 6), st.integers(-1, 0)),  # mostly valid, sometimes not
+    a=st.one_of(st.floats(0.0, 0.95), st.floats(-0.5, 1.5, allow_nan=False)),
+    hidden=st.integers(1, 4),
+    T=st.integers(1, 7),
+    B=batch,
+    cell=st.sampled_from(["lif", "alif", "rnn"]),
+)
+def test_rules_work_or_raise_the_documented_error(name, k, a, hidden, T, B, cell):
+    try:
+        rule = cg.rules.get(name, **RULE_OPTIONS[name](k, a))
+    except (ValueError, TypeError) as e:
+        assert "must" in str(e) or "got" in str(e)
+        return
+    torch.manual_seed(0)
+    if cell == "rnn":
+        core = LeakyRNN(2, hidden, recurrent=False)
+    elif cell == "lif":
+        core = LIF(2, hidden, recurrent=False, tau_mem=3.0)
+    else:
+        core = ALIF(2, hidden, recurrent=False, tau_mem=3.0, tau_adapt=20.0, beta=0.2)
+    model = Stack(core, LeakyReadout(hidden, 1)).double()
+    xs, ys = torch.rand(T, B, 2, dtype=D) * 3, torch.randn(T, B, 1, dtype=D)
+    g = cg.gradient(rule, model, xs, ys, Objective("mse"))
+    params = dict(model.named_parameters())
+    for n, v in g.items():
+        assert v.shape == params[n].shape and torch.isfinite(v).all(), n
