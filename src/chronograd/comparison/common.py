@@ -35,6 +35,8 @@ from chronograd.tasks.base import Task
 #: options (``--rule-opt RULE.KEY=VALUE``) override these.
 RULE_DEFAULTS: dict[str, Callable[[int], dict[str, Any]]] = {
     "tbptt": lambda T: {"k1": max(1, math.ceil(T / 10))},
+    # FORCE ("inputs") trains only a readout; the P-preconditioned gradient trains every layer
+    "rls": lambda T: {"strategy": "grad"},
 }
 
 
