@@ -123,6 +123,7 @@ def run_chunk(
     *,
     on_block: BlockFn,
     multi_step: bool = False,
+    readout: tuple[int, int] | None = None,
 ) -> RuleStep:
     """Run one chunk through the trace engine, in blocks; ``on_block`` turns each into gradients.
 
@@ -130,6 +131,7 @@ def run_chunk(
     number of steps before the block) and adds to ``grads``. Each block's loss is
     ``Σ_k w_k · ℓ_k`` with the objective's window weights ``w``, so the blocks' losses sum to
     the chunk's loss; a block whose weights are all zero skips the learning signal.
+    ``readout``: passed to :meth:`TraceGraph.run` (D-RTRL's ``readout="filter"``).
     """
     T, B = xs.shape[0], xs.shape[1]
     if carry.graph is None:
@@ -154,7 +156,7 @@ def run_chunk(
         chunk = graph.prepare(xs[b0:b1])  # hoisted input maps per block: memory flat in T
         blk = graph.run(
             chunk, 0, b1 - b0, state, loss=loss, learning_signal=bool(wb.ne(0).any()),
-            multi_step=multi_step,
+            multi_step=multi_step, readout=readout,
         )  # fmt: skip
         on_block(graph, blk, carry, grads)
         add_into(grads, blk.exact)
