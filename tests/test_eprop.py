@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import chronograd as cg
-from chronograd.cells import ALIF, LIF, GRU, LeakyReadout, LeakyRNN, Map, Stack, lsnn_beta
+from chronograd.cells import ALIF, GRU, LIF, LeakyReadout, LeakyRNN, Map, Stack, lsnn_beta
 from chronograd.rules import BPTT, DRTRL, EProp
 from chronograd.rules._eprop_net import layout
 
@@ -111,9 +111,29 @@ def test_drtrl_readout_filter_refuses_models_it_cannot_filter():
     with pytest.raises(TypeError, match="without a LeakyReadout as its last layer"):
         rule.check_model(Stack(LeakyRNN(3, 4), Map(torch.nn.Linear(4, 2))))
     mixing = Stack(LeakyRNN(3, 4), Map(torch.nn.Linear(4, 4)), LeakyReadout(4, 2, kappa=0.5))
-    with pytest.raises(TypeError, match="LeakyReadout fed directly by a stateful cell|not a cell"):
+    with pytest.raises(TypeError, match="got Map, whose output is not a tensor of its state"):
         rule.check_model(mixing)
+    with pytest.raises(TypeError, match="output mixes neurons' states"):
+        rule.check_model(Stack(Mixer(), LeakyReadout(4, 2, kappa=0.5)))
     rule.check_model(Stack(GRU(3, 4), LeakyReadout(4, 2, kappa=0.5)))  # any cell is fine
+
+
+class Mixer(torch.nn.Module):
+    """A cell whose output mixes its neurons' states (``tanh(h) @ M``)."""
+
+    input_size, output_size = 3, 4
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 4)
+        self.register_buffer("m", torch.randn(4, 4))
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        return (torch.zeros(batch_size, 4, device=device, dtype=dtype),)
+
+    def forward(self, x, state):
+        h = 0.5 * state[0] + self.lin(x)
+        return torch.tanh(h) @ self.m, (h,)
 
 
 # -- the paper's equations by hand -----------------------------------------------------------------
@@ -270,7 +290,7 @@ def test_firing_rate_gradient_equals_bptt_of_its_formula_without_recurrence(chun
     got = cg.gradient(rule, model, xs, ys, obj)
     plain = cg.gradient(EProp(chunk_size=chunk), model, xs, ys, obj)
     outs, _ = cg.unroll(model.layers[0], xs)  # spikes z (T, B, H), with surrogate gradients
-    T, Bn = xs.shape[:2]
+    T = xs.shape[0]
     k = chunk or T
     reg = sum(c * ((outs[s : s + k].mean((0, 1)) - target) ** 2).sum() for s in range(0, T, k))
     named = dict(model.named_parameters())
