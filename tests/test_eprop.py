@@ -68,8 +68,9 @@ def test_symmetric_eprop_with_cross_entropy_and_a_recall_window_equals_bptt():
 # -- == the generic trace engine, readout filtered ------------------------------------------------
 @pytest.mark.parametrize("cell", ["lif", "alif"])
 @pytest.mark.parametrize("chunk", [None, 5])
-def test_symmetric_eprop_equals_drtrl_with_readout_filter(cell, chunk):
-    model = spiking(cell, bias=True)
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_symmetric_eprop_equals_drtrl_with_readout_filter(cell, chunk, detach_reset):
+    model = spiking(cell, bias=True, detach_reset=detach_reset)  # T = 40: two engine blocks
     xs, ys = data(T=40)
     obj = cg.Objective("mse")
     got = cg.gradient(EProp(chunk_size=chunk), model, xs, ys, obj)
@@ -302,9 +303,10 @@ def test_firing_rate_gradient_equals_bptt_of_its_formula_without_recurrence(chun
 
 # -- chunks: traces carry across windows --------------------------------------------------------------
 @pytest.mark.parametrize("chunk", [1, 4, 7])
-def test_chunk_gradients_sum_to_the_sequence_gradient(chunk):
-    model = spiking("alif", bias=True)
-    xs, ys = data(T=30)
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_chunk_gradients_sum_to_the_sequence_gradient(chunk, detach_reset):
+    model = spiking("alif", bias=True, detach_reset=detach_reset)
+    xs, ys = data(T=40)
     obj = cg.Objective("mse", reduction="sum")  # the same per-step weights in every window
     for fb in ("symmetric", "random"):
         whole = cg.gradient(EProp(feedback=fb), model, xs, ys, obj)
@@ -313,6 +315,7 @@ def test_chunk_gradients_sum_to_the_sequence_gradient(chunk):
 
 def test_traces_and_reverse_agree_with_a_trace_dtype_and_float32():
     model = spiking("alif", bias=True).float()
+    DRTRL(readout="filter").check_model(model)  # the element-wise probe runs in float64
     xs, ys = data(T=30)
     xs, ys = xs.float(), ys.float()
     obj = cg.Objective("mse")

@@ -20,6 +20,7 @@ same row (``Dp' = (Dp, σᵀ Dp)``). :func:`filter_block` rewrites a
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import torch
@@ -60,10 +61,11 @@ def check_filter_model(model: nn.Module) -> None:
     size = getattr(cell, "input_size", None)
     if not isinstance(size, int) or not callable(getattr(cell, "init_state", None)):
         raise _fail(f"got {type(cell).__name__} before the readout, which is not a cell")
-    device, dtype = param_like(model)
+    device, _ = param_like(model)
+    cell = copy.deepcopy(cell).to(torch.float64)  # probed in float64, as the trace engine does
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, size, generator=g).to(device, dtype)
-    state = cell.init_state(2, device=device, dtype=dtype)  # type: ignore[operator]
+    x = torch.randn(2, size, generator=g, dtype=torch.float64).to(device)
+    state = cell.init_state(2, device=device, dtype=torch.float64)  # type: ignore[operator]
     leaves = [t + torch.randn(t.shape, generator=g).to(t) for t in tree_leaves(state)]
     leaves = [t.requires_grad_(True) for t in leaves]
     with torch.enable_grad():

@@ -272,18 +272,16 @@ def mix_small(
 def matvec(D: Tensor, v: Tensor, transpose: bool = False) -> Tensor:
     """Per-neuron ``D v`` (or ``Dᵀ v``): ``D`` (..., S, S), ``v`` (..., S) -> (..., S).
 
-    Element-wise products summed over the tiny ``S`` axis (a batched matmul of ``B·H``
-    ``S × S`` blocks is far slower on the CPU).
+    ``S = 1`` is a plain product; otherwise one ``einsum`` (on the CPU about 4x faster than
+    broadcasting and summing over the tiny ``S`` axis, for ``B·H`` blocks of ``S`` = 2 or 3).
     """
     if D.shape[-1] == 1:
         return D[..., 0] * v
-    if transpose:
-        return (D * v.unsqueeze(-1)).sum(-2)
-    return (D * v.unsqueeze(-2)).sum(-1)
+    return torch.einsum("...ji,...j->...i" if transpose else "...ij,...j->...i", D, v)
 
 
 def matmul(A: Tensor, B: Tensor) -> Tensor:
-    """Per-neuron ``A B`` of ``(..., S, S)`` blocks."""
+    """Per-neuron ``A B`` of ``(..., S, S)`` blocks (a batched matmul; ``S = 1``: a product)."""
     if A.shape[-1] == 1:
         return A * B
-    return (A.unsqueeze(-1) * B.unsqueeze(-3)).sum(-2)
+    return torch.matmul(A, B)

@@ -228,6 +228,16 @@ def advance(
             torch.bmm(Z, Fs[..., a], out=e[a])
     elif S == 1:
         e[0].mul_(Q[:, None, :, 0, 0]).baddbmm_(Z, Fs[..., 0])
+    elif not bool(torch.triu(Q, diagonal=1).any()):
+        # lower-triangular Q (e.g. ALIF with the reset's gradient stopped, or a readout-filtered
+        # trace): in place, last component first, each reading only components not yet updated
+        for a in range(S - 1, -1, -1):
+            e[a].mul_(Q[:, None, :, a, a])
+            for c in range(a):
+                q = Q[:, None, :, a, c]
+                if bool(q.any()):
+                    e[a].addcmul_(e[c], q)
+            e[a].baddbmm_(Z, Fs[..., a])
     else:
         new = torch.empty_like(e)
         for a in range(S):
