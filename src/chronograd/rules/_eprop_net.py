@@ -117,20 +117,25 @@ class Block(NamedTuple):
 
 @torch.no_grad()
 def run_block(net: Net, xs: Tensor, state: Any) -> Block:
-    """Run ``xs`` (K, B, I) from ``state`` with the model's own cells."""
+    """Run ``xs`` (K, B, I) from ``state`` with the model's own cells (input maps hoisted, ``ψ``
+    computed for all steps at once)."""
     hidden, readout = net.hidden, net.readout
     hs, rs = state
     u = hidden.input_map(xs)  # (K, B, H)
     zs = [hidden.spikes(hs.v, threshold(hidden, hs))]
-    ps = [pseudo_derivative(hidden, hs)]
-    ys = []
+    states = [hs]
     for k in range(xs.shape[0]):
         z, hs = hidden.step(u[k], hs)
-        y, rs = readout(z, rs)
         zs.append(z)
-        ps.append(pseudo_derivative(hidden, hs))
+        states.append(hs)
+    z_all = torch.stack(zs)  # (K + 1, B, H)
+    psi = pseudo_derivative(hidden, type(hs)(*(torch.stack(f) for f in zip(*states))))
+    uy = readout.input_map(z_all[1:])  # (K, B, O)
+    ys = []
+    for k in range(xs.shape[0]):
+        y, rs = readout.step(uy[k], rs)
         ys.append(y)
-    return Block(xs, torch.stack(zs), torch.stack(ps), torch.stack(ys), (hs, rs))
+    return Block(xs, z_all, psi, torch.stack(ys), (hs, rs))
 
 
 def relation_input(role: str, blk: Block) -> Tensor:
