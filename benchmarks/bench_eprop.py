@@ -13,7 +13,8 @@
 Timing: median CPU time of this process with one torch thread (``bench_traces.timed``;
 ``--wall`` for the wall clock with torch's default threads).
 
-Usage: ``python benchmarks/bench_eprop.py [--repeats 3] [--sizes 256,1024] [--wall]``.
+Usage: ``python benchmarks/bench_eprop.py [--repeats 3] [--sizes 256,1024] [--wall]
+[--skip-timing | --skip-memory]``.
 """
 
 from __future__ import annotations
@@ -127,15 +128,20 @@ def main() -> None:
     ap.add_argument("--lengths", default="100,1000,10000")
     ap.add_argument("--wall", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--name", default="eprop", help="results/<name>.md")
     args = ap.parse_args()
     bench_traces.WALL = args.wall
     if not args.wall:
         torch.set_num_threads(1)
     rows: list[str] = []
-    timing(args, rows)
+    if not args.skip_timing:
+        timing(args, rows)
     if not args.skip_memory:
         memory(args, rows)
-    write("eprop", "e-prop: time and memory (issue 5)", rows, "python benchmarks/bench_eprop.py")
+    cmd = "python benchmarks/bench_eprop.py" + (" --skip-timing" if args.skip_timing else "")
+    cmd += " --skip-memory" if args.skip_memory else ""
+    write(args.name, "e-prop: time and memory (issue 5)", rows, cmd + f" --name {args.name}")
 
 
 if __name__ == "__main__":
