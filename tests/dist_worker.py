@@ -27,7 +27,10 @@ def problem(B: int = 4, T: int = 12):
     return model, xs, ys
 
 
-def make_trainer(model, rule_name: str, opts: dict, **kw):
+def make_trainer(model, rule_name: str, opts: dict, rank: int = 0, **kw):
+    # an option given as "<rank>" takes this process's rank: each rank starts with its own
+    # value, and the result must still be rank 0's (what the trainer broadcasts)
+    opts = {k: rank if v == "<rank>" else v for k, v in opts.items()}
     rule = cg.rules.get(rule_name, **opts)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     return Trainer(model, rule, cg.Objective("mse"), optimizer=opt, **kw)
@@ -39,7 +42,7 @@ def main(rules: str, out: str, mode: str) -> None:
         model, xs, ys = problem()
         half = xs.shape[1] // world
         mine = (xs[:, rank * half : (rank + 1) * half], ys[:, rank * half : (rank + 1) * half])
-        trainer = make_trainer(model, rule_name, opts, distributed=True, shard=False)
+        trainer = make_trainer(model, rule_name, opts, rank, distributed=True, shard=False)
         if mode == "fail" and rank == 1:
 
             def fail(t):

@@ -24,7 +24,7 @@ from chronograd.cells import (
     WilsonCowan,
 )
 from chronograd.reproducibility import seed_everything
-from chronograd.rules import DRTRL, FPTT, OTTT, RLS, RTRL, SLTT, PPProp
+from chronograd.rules import DRTRL, FPTT, OTTT, RLS, RTRL, SLTT, EProp, PPProp
 from chronograd.sequence import spans
 from chronograd.training import Checkpoint, EarlyStopping, Event, Trainer
 
@@ -223,6 +223,44 @@ CASES = [
         "Objective",
     ),
     ("unknown rule name", lambda: cg.rules.get("magic"), ValueError, "unknown rule 'magic'"),
+    # e-prop
+    ("eprop feedback", lambda: EProp(feedback="mirror"), ValueError, "feedback must be one of"),
+    (
+        "eprop generator",
+        lambda: EProp(feedback_init="he"),
+        ValueError,
+        "unknown feedback generator 'he'",
+    ),
+    ("eprop trace clip", lambda: EProp(trace_norm_clip=0.0), ValueError, "must be > 0"),
+    ("eprop B clip", lambda: EProp(feedback_norm_clip=-1.0), ValueError, "must be > 0"),
+    ("eprop decay", lambda: EProp(feedback_decay=1.0), ValueError, "must lie in [0, 1)"),
+    ("eprop seed", lambda: EProp(feedback_seed=1.5), TypeError, "feedback_seed must be an int"),
+    ("eprop chunk", lambda: EProp(chunk_size=0), ValueError, "chunk_size must be a positive"),
+    ("eprop method", lambda: EProp(method="autodiff"), ValueError, "method must be"),
+    (
+        "eprop reverse online",
+        lambda: EProp(method="reverse", chunk_size=4),
+        ValueError,
+        "needs chunk_size=None",
+    ),
+    ("eprop rate", lambda: EProp(rate_target=-0.1), ValueError, "rate_target must be >= 0"),
+    ("eprop rate reg", lambda: EProp(rate_reg=-1.0), ValueError, "rate_reg must be >= 0"),
+    ("eprop trace dtype", lambda: EProp(trace_dtype="int8"), ValueError, "trace_dtype must be"),
+    (
+        "eprop on a rate network",
+        lambda: cg.gradient(EProp(), net(), xs(), ys(), Objective()),
+        TypeError,
+        "Stack(LIF or ALIF, LeakyReadout)",
+    ),
+    ("drtrl readout", lambda: DRTRL(readout="exact"), ValueError, "readout must be"),
+    (
+        "drtrl filter without a leaky readout",
+        lambda: cg.gradient(
+            DRTRL(readout="filter"), Stack(LeakyRNN(3, 2)).double(), xs(), ys(), Objective()
+        ),
+        TypeError,
+        "without a LeakyReadout as its last layer",
+    ),
     # trainer
     (
         "trainer model",

@@ -27,6 +27,11 @@ RULES = [
     ("fptt", {"form": "two_pass", "chunk": 3}),  # its second pass is averaged over ranks too
     ("drtrl", {"chunk_size": 4}),
     ("pp-prop", {"decay": 0.5, "chunk_size": 4}),
+    ("eprop", {"feedback": "symmetric", "chunk_size": 4}),
+    ("eprop", {"feedback": "random"}),
+    # each rank draws its own B; the trainer broadcasts rank 0's (the persistent carry)
+    ("eprop", {"feedback": "random", "feedback_seed": "<rank>", "chunk_size": 5}),
+    ("eprop", {"feedback": "adaptive", "feedback_decay": 0.1, "chunk_size": 3}),
 ]
 
 

@@ -3,6 +3,7 @@ shapes, finite values, exactness where it must hold) or raise the documented err
 
 import math
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -108,6 +109,12 @@ RULE_OPTIONS = {
     "ottt": lambda k, a: {"online": a > 0.5, "decay": a},
     "sltt": lambda k, a: {"k": k},
     "fptt": lambda k, a: {"chunk": k, "alpha": a},
+    "eprop": lambda k, a: {
+        "chunk_size": k,
+        "feedback": "random" if a > 0.5 else "symmetric",
+        "trace_norm_clip": a,
+        "rate_target": a / 10,
+    },
 }
 
 
@@ -136,6 +143,10 @@ def test_rules_work_or_raise_the_documented_error(name, k, a, hidden, T, B, cell
         core = ALIF(2, hidden, recurrent=False, tau_mem=3.0, tau_adapt=20.0, beta=0.2)
     model = Stack(core, LeakyReadout(hidden, 1)).double()
     xs, ys = torch.rand(T, B, 2, dtype=D) * 3, torch.randn(T, B, 1, dtype=D)
+    if name == "eprop" and cell == "rnn":  # e-prop is defined for spiking LIF/ALIF layers
+        with pytest.raises(TypeError, match="LIF"):
+            cg.gradient(rule, model, xs, ys, Objective("mse"))
+        return
     g = cg.gradient(rule, model, xs, ys, Objective("mse"))
     params = dict(model.named_parameters())
     for n, v in g.items():

@@ -17,6 +17,7 @@ from chronograd.rules.base import (
 )
 from chronograd.rules.bptt import BPTT
 from chronograd.rules.drtrl import DRTRL
+from chronograd.rules.eprop import EProp
 from chronograd.rules.fptt import FPTT, fptt_load_average
 from chronograd.rules.ottt import OTTT
 from chronograd.rules.pp_prop import ESDRTRL, PPProp
@@ -36,6 +37,7 @@ RULES: dict[str, Callable[..., LearningRule]] = {
     "rtrl": RTRL,
     "drtrl": DRTRL,
     "pp-prop": PPProp,
+    "eprop": EProp,
 }
 
 
@@ -79,6 +81,7 @@ __all__ = [
     "RULES",
     "SLTT",
     "TBPTT",
+    "EProp",
     "LearningRule",
     "PPProp",
     "RuleStep",

@@ -206,6 +206,13 @@ class LearningRule(abc.ABC):
         """Inverse of :meth:`carry_state_dict`."""
         raise NotImplementedError(f"{type(self).__name__} has no persistent carry to load")
 
+    def checkpointed(
+        self, part: Literal["carry", "optimizer"], action: Literal["save", "load"]
+    ) -> bool:
+        """Whether trainer checkpoints ``save``/``load`` the rule's persistent carry or the
+        optimizer state (default: always; e-prop has switches for both)."""
+        return True
+
     # -- helpers shared by rules ----------------------------------------------------------------
     def trained(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """The parameters this rule trains, by name."""

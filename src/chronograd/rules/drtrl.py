@@ -18,8 +18,12 @@ D-RTRL keeps each neuron's own block of ``∂h_t/∂h_{t-1}`` and drops the rest
 (equal to BPTT) when the recurrence is element-wise (no recurrent weights: leaky integrators,
 LIF/ALIF/two-state LIF without ``W_rec``, the diagonal cells), and equals exact RTRL whenever
 the Jacobian is block-diagonal. Memory that lives in *another* group (a leaky readout, κ > 0,
-or a second stateful layer) is not propagated into upstream traces (e-prop's ``F_κ``
-filtering is not applied); the readout's and the later layer's own weights stay exact.
+or a second stateful layer) is not propagated into upstream traces by default
+(``readout="state"``); the readout's and the later layer's own weights stay exact.
+``readout="filter"`` handles a final ``LeakyReadout`` exactly for the layer feeding it: that
+layer's traces are filtered with ``κ`` and contracted with ``W_outᵀ ∂ℓ_t/∂y_t``
+(:mod:`chronograd.rules._readout_filter`), which is e-prop's ``F_κ`` for any hidden cell: on
+LIF/ALIF it equals symmetric e-prop (:class:`~chronograd.rules.EProp`).
 
 Implementation: the engine hands over blocks of up to 32 steps; the weight traces are then
 advanced once per block by an exact regrouping of the recursion (:func:`advance`: an adjoint
@@ -41,6 +45,7 @@ from torch import Tensor, nn
 
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
+from chronograd.rules._readout_filter import check_filter_model, filter_block, filter_target
 from chronograd.rules._traces import (
     TraceCarry,
     add_grad,
@@ -48,6 +53,7 @@ from chronograd.rules._traces import (
     check_chunk,
     check_trace_dtype,
     check_trace_model,
+    graph_for,
     matmul,
     matvec,
     neuron_traces,
@@ -69,6 +75,10 @@ class DRTRL(LearningRule):
         chunk_size: steps per update (``None``: one update per sequence); the traces are
             carried across the chunks of a sequence and reset at its start.
         trace_dtype: dtype of the traces (default: the state's).
+        readout: ``"state"`` (default: a leaky readout is a hidden group like any other, its
+            memory not propagated upstream) or ``"filter"`` (a final ``LeakyReadout`` with
+            ``κ > 0`` handled exactly for the layer feeding it, e-prop's ``F_κ``; the model
+            must be a Stack ending in a LeakyReadout fed directly by a stateful cell).
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
@@ -77,14 +87,19 @@ class DRTRL(LearningRule):
 
     chunk_size: int | None = None
     trace_dtype: torch.dtype | str | None = None
+    readout: Literal["state", "filter"] = "state"
 
     def _check(self) -> None:
         if self.mode not in ("single-step", "multi-step"):
             raise ValueError(f"mode must be 'single-step' or 'multi-step', got {self.mode!r}")
+        if self.readout not in ("state", "filter"):
+            raise ValueError(f"readout must be 'state' or 'filter', got {self.readout!r}")
         check_chunk(self.chunk_size)
         object.__setattr__(self, "trace_dtype", check_trace_dtype(self.trace_dtype))
 
     def check_model(self, model: nn.Module) -> None:
+        if self.readout == "filter":
+            check_filter_model(model)
         check_trace_model(model, list(self.trained(model)))
 
     def init(self, model: nn.Module, state: State) -> Carry:
@@ -102,16 +117,25 @@ class DRTRL(LearningRule):
         span: Span,
     ) -> RuleStep:
         dtype = self.trace_dtype if isinstance(self.trace_dtype, torch.dtype) else None
+        params = self.trained(model)
+        target = None
+        if self.readout == "filter":
+            if carry.graph is None:
+                carry.graph = graph_for(model, xs[0], state, list(params))
+            target = filter_target(model, carry.graph)
 
         def on_block(graph: TraceGraph, blk: TraceBlock, c: TraceCarry,
                      grads: dict[str, Tensor]) -> None:  # fmt: skip
+            if target is not None:
+                blk = filter_block(graph, blk, target)
             weight_traces(graph, blk, c, grads, dtype)
             bias_traces(graph, blk, c, grads, dtype)
             neuron_traces(graph, blk, c, grads, dtype)
 
         return run_chunk(
-            model, self.trained(model), xs, targets, state, carry, objective, span,
+            model, params, xs, targets, state, carry, objective, span,
             on_block=on_block, multi_step=self.mode == "multi-step",
+            readout=None if target is None else (target.relation, target.group),
         )  # fmt: skip
 
 
@@ -204,6 +228,16 @@ def advance(
             torch.bmm(Z, Fs[..., a], out=e[a])
     elif S == 1:
         e[0].mul_(Q[:, None, :, 0, 0]).baddbmm_(Z, Fs[..., 0])
+    elif not bool(torch.triu(Q, diagonal=1).any()):
+        # lower-triangular Q (e.g. ALIF with the reset's gradient stopped, or a readout-filtered
+        # trace): in place, last component first, each reading only components not yet updated
+        for a in range(S - 1, -1, -1):
+            e[a].mul_(Q[:, None, :, a, a])
+            for c in range(a):
+                q = Q[:, None, :, a, c]
+                if bool(q.any()):
+                    e[a].addcmul_(e[c], q)
+            e[a].baddbmm_(Z, Fs[..., a])
     else:
         new = torch.empty_like(e)
         for a in range(S):

@@ -201,6 +201,7 @@ class TraceGraph:
         loss: LossFn | None = None,
         learning_signal: bool = True,
         multi_step: bool = False,
+        readout: tuple[int, int] | None = None,
     ) -> TraceBlock:
         """Run steps ``[start, stop)`` of a prepared chunk from ``state`` (a block).
 
@@ -214,6 +215,9 @@ class TraceGraph:
             learning_signal: False skips the backward passes for ``δ`` (every step of the
                 block has zero loss weight); ``delta`` is then None.
             multi_step: also compute ``δ^prev`` (needs ``loss``).
+            readout: ``(relation, group)``: also return ``TraceBlock.readout`` for the group
+                whose output is the input of that (readout) relation
+                (:func:`~chronograd.traces.signal.readout_signal`).
         """
         rec = Record()
         for t in range(start, stop):
@@ -233,14 +237,22 @@ class TraceGraph:
         delta = delta_prev = None
         exact: dict[str, Tensor] = {}
         ell = None
+        live = False
         if loss is not None:
             ell = loss(outs)
-            if learning_signal and ell.requires_grad:
+            live = learning_signal and ell.requires_grad
+            if live:
                 delta, exact = signal.learning_signal(self, rec, ell, chunk.params, Df, Dp)
                 if multi_step:
                     delta_prev = signal.previous_signal(self, rec, ell, delta)
-            ell = ell.detach()
-        return TraceBlock(detach(outs), state, ell, inputs, D, Df, Dp, delta, delta_prev, exact)
+        filt = None
+        if readout is not None:
+            rel, group = readout
+            filt = signal.readout_signal(self, rec, ell if live else None, chunk.params, rel, group)
+        ell = None if ell is None else ell.detach()
+        return TraceBlock(
+            detach(outs), state, ell, inputs, D, Df, Dp, delta, delta_prev, exact, filt
+        )
 
     def _forward(self, chunk: Chunk, t: int, state: Any, rec: Record) -> Any:
         """Step ``t`` with its relation outputs cut (or recorded, uncut); returns the new state."""

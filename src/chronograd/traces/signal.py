@@ -184,3 +184,38 @@ def previous_signal(
         ]
         out.append(torch.stack(cols, -1))
     return tuple(out)
+
+
+def readout_signal(
+    graph: TraceGraph,
+    rec: Record,
+    loss: Tensor | None,
+    params: Mapping[str, Tensor],
+    rel: int,
+    group: int,
+) -> tuple[Tensor, Tensor | None]:
+    """``(σ, L)`` of the group whose output ``z`` is the input of readout relation ``rel``.
+
+    ``σ`` (K, B, H, S) ``= ∂z_t/∂h_t`` per neuron (one VJP with an all-ones cotangent: ``z``
+    depends on each neuron's own state, checked when the rule compiles the model) and ``L``
+    (K, B, H) ``= W_outᵀ ∂ℓ_t/∂y_t`` with ``y_t = W_out z_t + b`` the relation's output (the
+    error the readout sends back at the same step; None when ``loss`` is None).
+    """
+    K = len(rec.new)
+    g = graph.groups[group]
+    zs = [some(rec.zs[k][rel]) for k in range(K)]
+    ins = [rec.new[k][j] for k in range(K) for j in g.leaves]
+    got = vjp(zs, ins, [torch.ones_like(z) for z in zs])
+    cols = [
+        stack_or_zeros([got[k * g.S + a] for k in range(K)], rec.new[0][j])
+        for a, j in enumerate(g.leaves)
+    ]
+    sigma = torch.stack(cols, -1)  # (K, B, H, S)
+    if loss is None:
+        return sigma, None
+    ys = [some(rec.ys[k][rel]) for k in range(K)]
+    gy = stack_or_zeros(vjp([loss], ys, [torch.ones_like(loss)]), ys[0])  # (K, B, O)
+    r = graph.relations[rel]
+    w = params[r.weight].detach()
+    L = gy @ w if r.form == "linear" else gy @ w.t()  # (K, B, H)
+    return sigma, L

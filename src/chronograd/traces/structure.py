@@ -98,6 +98,9 @@ class TraceBlock(NamedTuple):
         exact: ``{param: grad}`` exact same-step gradients summed over the block (output
             relations and parameters, and the direct terms of relations/parameters that also
             reach the output).
+        readout: only when requested (``TraceGraph.run(readout=...)``): ``(σ, L)`` for the
+            group feeding a leaky readout: ``σ`` (K, B, H, S) ``= ∂z_t/∂h_t`` of the group's
+            output ``z``, ``L`` (K, B, H) ``= W_outᵀ ∂ℓ_t/∂y_t`` (None without a signal).
     """
 
     outputs: Any
@@ -110,6 +113,7 @@ class TraceBlock(NamedTuple):
     delta: tuple[Tensor, ...] | None
     delta_prev: tuple[Tensor, ...] | None
     exact: dict[str, Tensor]
+    readout: tuple[Tensor, Tensor | None] | None = None
 
 
 class TraceStep(NamedTuple):

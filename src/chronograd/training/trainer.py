@@ -490,11 +490,17 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly (weights_only-loadable)."""
-        carry = self.rule.carry_state_dict(self.carry) if self.carry is not None else None
+        rule = self.rule
+        carry = (
+            rule.carry_state_dict(self.carry)
+            if self.carry is not None and rule.checkpointed("carry", "save")
+            else None
+        )
+        save_opt = self.optimizer is not None and rule.checkpointed("optimizer", "save")
         return {
             "format": "chronograd.trainer/1",
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "optimizer": self.optimizer.state_dict() if save_opt else None,  # type: ignore[union-attr]
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rule": carry,
             "trainer": {
@@ -523,11 +529,17 @@ class Trainer:
                 "task.attach(trainer)) before resuming"
             )
         self.model.load_state_dict(state["model"])
-        if self.optimizer is not None and state["optimizer"] is not None:
+        if (
+            self.optimizer is not None
+            and state["optimizer"] is not None
+            and self.rule.checkpointed("optimizer", "load")
+        ):
             self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         rule_state = state.get("rule")
+        if not self.rule.checkpointed("carry", "load"):
+            rule_state = None  # rebuilt by rule.init at the next sequence
         self.carry = (
             None if rule_state is None else self.rule.load_carry_state_dict(self.model, rule_state)
         )

@@ -1,0 +1,280 @@
+"""The two evaluations of e-prop's gradient for one update window (see :mod:`.eprop`).
+
+* :func:`online_chunk` — forward, in time: the eligibility traces are carried step by step
+  (advanced once per block of up to 32 steps by an exact regrouping of the recursion,
+  :func:`chronograd.rules.drtrl.advance`; one step at a time when traces are norm-clipped),
+  so memory is flat in ``T`` and any window works (every step, every ``k`` steps, the whole
+  sequence).
+* :func:`reverse_chunk` — backward, in time, for one update per sequence: the same sums
+  ``Σ_t L_t F_t`` regrouped as an adjoint recursion over ``T`` (the transpose of the trace
+  recursion), which needs no ``(B, I, H)`` trace: about the cost of one BPTT and ``O(T)``
+  memory. It is the reference code's "autodiff" e-prop (BPTT with the recurrent spikes' and
+  the reset's gradient stopped, ``B`` in place of ``W_outᵀ``), written out.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from chronograd.cells.lif import ALIF
+from chronograd.objectives import Objective
+from chronograd.rules._eprop_net import (
+    Block,
+    Layout,
+    Net,
+    layout,
+    presynaptic,
+    readout_error,
+    readout_traces,
+    relation_input,
+    run_block,
+    transition,
+)
+from chronograd.rules._traces import BLOCK, add_grad, time_slice
+from chronograd.rules.base import RuleStep, penalty_grads
+from chronograd.rules.drtrl import advance
+from chronograd.sequence import Span
+
+if TYPE_CHECKING:
+    from chronograd.rules.eprop import EProp, EPropCarry
+
+
+def _rate_signal(rule: EProp, spikes: Tensor, count: int) -> Tensor:
+    """``∂E_reg/∂z_{b,t,j} = 2 c_reg (f̄_j − f*) / (B·T_w)`` for the window's mean rate ``f̄``.
+
+    ``spikes`` (H,): the window's spike count per neuron; ``count = B · T_w``.
+    """
+    assert rule.rate_target is not None
+    rate = spikes / count
+    return 2.0 * rule.rate_reg * (rate - rule.rate_target) / count
+
+
+def _finish(
+    params: dict[str, Any], grads: dict[str, Tensor], objective: Objective
+) -> dict[str, Tensor]:
+    pen = penalty_grads(objective, params)
+    for n, g in (pen or {}).items():
+        add_grad(grads, n, g)
+    return {
+        n: (grads[n] if n in grads else torch.zeros_like(p)).to(p.dtype).reshape(p.shape)
+        for n, p in params.items()
+    }
+
+
+def online_chunk(
+    rule: EProp,
+    net: Net,
+    params: dict[str, Any],
+    xs: Tensor,
+    targets: Any,
+    state: Any,
+    carry: EPropCarry,
+    objective: Objective,
+    span: Span,
+    feedback: Tensor,
+) -> RuleStep:
+    """e-prop over one window ``xs`` (T_w, B, I) with traces carried in ``carry.traces``.
+
+    ``feedback``: ``B`` (H, O) for this window.
+    """
+    T, Bsz = xs.shape[0], xs.shape[1]
+    traces = dict(carry.traces)
+    names = net.names
+    roles = [r for r in ("w_in", "b_in", "w_rec") if r in names and names[r] in params]
+    kappa = net.readout.kappa
+    rate = rule.rate_target is not None
+    lay = layout(net.hidden, rate)
+    tdtype = rule.trace_dtype if isinstance(rule.trace_dtype, torch.dtype) else None
+    w = objective.weights(
+        span.total, Bsz, start=span.start, stop=span.stop, device=xs.device, dtype=xs.dtype
+    )
+    if rate and lay.G is not None:  # G sums e over this window only
+        for r in roles:
+            if f"X:{r}" in traces:
+                traces[f"X:{r}"][lay.G].zero_()
+    spikes = xs.new_zeros(net.hidden.hidden_size)
+    grads: dict[str, Tensor] = {}
+    total = xs.new_zeros(())
+    outs = []
+    step = 1 if rule.trace_norm_clip is not None else BLOCK
+    for b0 in range(0, T, step):
+        b1 = min(T, b0 + step)
+        blk = run_block(net, xs[b0:b1], state)
+        state = blk.state
+        outs.append(blk.y)
+        wb = w[b0:b1]
+        loss, gy = readout_error(objective, blk.y, time_slice(targets, b0, b1), wb)
+        total = total + loss
+        _readout_grads(net, params, blk, gy, traces, grads)
+        if not roles:
+            continue
+        signal = bool(wb.ne(0).any())
+        delta = None
+        if signal or (rate and b1 == T):
+            delta = blk.psi.new_zeros(*blk.psi[1:].shape, lay.S)  # (K, B, H, S)
+            delta[..., lay.F] = gy @ feedback.t().to(gy.dtype)  # L_t = B ∂ℓ_t/∂y_t
+        if rate:
+            spikes += blk.z[1:].sum((0, 1))
+            if b1 == T:
+                assert delta is not None and lay.G is not None
+                delta[-1, ..., lay.G] = _rate_signal(rule, spikes, T * Bsz)
+        D, c = transition(net.hidden, kappa, blk.psi[:-1], blk.psi[1:], lay)
+        for role in roles:
+            _advance(rule, net, role, blk, lay, D, c, delta, traces, grads, tdtype)
+    grads = _finish(params, grads, objective)
+    new = carry._replace(traces=traces)
+    return RuleStep(grads, state, new, total.detach(), torch.cat(outs))
+
+
+def _advance(
+    rule: EProp,
+    net: Net,
+    role: str,
+    blk: Block,
+    lay: Layout,
+    D: Tensor,
+    c: Tensor,
+    delta: Tensor | None,
+    traces: dict[str, Tensor],
+    grads: dict[str, Tensor],
+    tdtype: torch.dtype | None,
+) -> None:
+    """Advance one relation's trace over the block and add its gradient."""
+    u = relation_input(role, blk)  # (K, B, I)
+    if lay.fold:
+        zbar = traces.get(f"zbar:{role}")
+        if zbar is None:
+            zbar = traces[f"zbar:{role}"] = u.new_zeros(u.shape[1:])
+        zeta = presynaptic(zbar, net.hidden.alpha, u)
+    else:
+        zeta = u
+    key = f"X:{role}"
+    X = traces.get(key)
+    fresh = X is None
+    if X is None:  # written in full by the first advance
+        _, B, I = zeta.shape  # (K, B, I)
+        X = traces[key] = zeta.new_empty(lay.S, B, I, c.shape[2], dtype=tdtype or zeta.dtype)
+    clip = rule.trace_norm_clip
+    if clip is None:
+        g = advance(X, zeta, D, c, delta, None, fresh)  # (I, H)
+    else:  # one step: advance, clip each sample's ‖F_b‖ to `clip`, then contract
+        advance(X, zeta, D, c, None, None, fresh)
+        F = X[lay.F]  # (B, I, H)
+        norm = torch.linalg.vector_norm(F.flatten(1), dim=1)  # (B,)
+        F.mul_(torch.clamp(clip / (norm + 1e-30), max=1.0)[:, None, None])
+        g = None if delta is None else torch.einsum("bha,abih->ih", delta[0].to(X.dtype), X)
+    if g is not None:
+        name = net.names[role]
+        add_grad(grads, name, g[0] if role == "b_in" else g.t())
+
+
+def _readout_grads(
+    net: Net,
+    params: dict[str, Any],
+    blk: Block,
+    gy: Tensor,
+    traces: dict[str, Tensor],
+    grads: dict[str, Tensor],
+) -> None:
+    """Exact online gradient of the readout's weight and bias (``κ``-traces of ``z`` and 1)."""
+    names = net.names
+    wanted = [r for r in ("w_out", "b_out") if r in names and names[r] in params]
+    if not wanted:
+        return
+    z = blk.z[1:]  # (K, B, H)
+    if "zk" not in traces:
+        traces["zk"] = z.new_zeros(z.shape[1:])
+        traces["ck"] = z.new_zeros(())
+    zh, ch = readout_traces(net.readout.kappa, z, traces["zk"], traces["ck"])
+    K, B, O = gy.shape
+    if "w_out" in wanted:
+        add_grad(grads, names["w_out"], gy.reshape(K * B, O).t() @ zh.reshape(K * B, -1))
+    if "b_out" in wanted:
+        add_grad(grads, names["b_out"], (gy.sum(1) * ch[:, None]).sum(0))
+
+
+def reverse_chunk(
+    rule: EProp,
+    net: Net,
+    params: dict[str, Any],
+    xs: Tensor,
+    targets: Any,
+    state: Any,
+    carry: EPropCarry,
+    objective: Objective,
+    span: Span,
+    feedback: Tensor,
+) -> RuleStep:
+    """e-prop over the whole sequence ``xs`` (T, B, I) by the adjoint of the trace recursion.
+
+    With ``ν_t = Σ_{s≥t} κ^{s-t} ∂ℓ_s/∂y_s`` (O), ``λ_t = B ν_t`` (+ the rate signal) is the
+    signal the eligibility trace ``e_t`` meets (``Σ_t L_t F_κ(e)_t = Σ_t λ_t e_t``), and
+    ``p_t = c_t λ_t + M_{t+1}ᵀ p_{t+1}`` (``c_t = (ψ_t, −βψ_t)``) carries it back through the
+    eligibility vector, so ``∂E/∂W = Σ_{t,b} p^v_t ⊗ u_t``. Readout: ``Σ_t ν_t ⊗ z_t``.
+    """
+    T, Bsz = xs.shape[0], xs.shape[1]
+    names = net.names
+    blk = run_block(net, xs, state)
+    w = objective.weights(
+        span.total, Bsz, start=span.start, stop=span.stop, device=xs.device, dtype=xs.dtype
+    )
+    loss, gy = readout_error(objective, blk.y, targets, w)
+    nu = torch.empty_like(gy)  # (T, B, O)
+    acc = torch.zeros_like(gy[0])
+    kappa = net.readout.kappa
+    for t in range(T - 1, -1, -1):
+        acc = gy[t] + kappa * acc
+        nu[t] = acc
+    grads: dict[str, Tensor] = {}
+    z = blk.z[1:]
+    if names.get("w_out") in params:
+        grads[names["w_out"]] = nu.reshape(T * Bsz, -1).t() @ z.reshape(T * Bsz, -1)
+    if names.get("b_out") in params:
+        grads[names["b_out"]] = nu.sum((0, 1))
+    roles = [r for r in ("w_in", "b_in", "w_rec") if r in names and names[r] in params]
+    if roles:
+        lam = nu @ feedback.t().to(nu.dtype)  # (T, B, H)
+        if rule.rate_target is not None:
+            lam = lam + _rate_signal(rule, z.sum((0, 1)), T * Bsz)
+        pv = _adjoint(net, blk, lam)  # (T, B, H)
+        P = pv.reshape(T * Bsz, -1)
+        for role in roles:
+            u = relation_input(role, blk).reshape(T * Bsz, -1)
+            grads[names[role]] = P.sum(0) if role == "b_in" else P.t() @ u
+    grads = _finish(params, grads, objective)
+    return RuleStep(grads, blk.state, carry, loss, blk.y)
+
+
+def _adjoint(net: Net, blk: Block, lam: Tensor) -> Tensor:
+    """``p^v_t`` (T, B, H) of ``p_t = c_t λ_t + M_{t+1}ᵀ p_{t+1}`` (see :func:`reverse_chunk`)."""
+    hidden = net.hidden
+    psi = blk.psi[1:]  # ψ_t, (T, B, H); M_{t+1} is built from ψ_t
+    r = 0.0 if hidden.detach_reset else 1.0
+    th, alpha = hidden.threshold, hidden.alpha
+    T = psi.shape[0]
+    out = torch.empty_like(lam)
+    pv = torch.zeros_like(lam[0])
+    if isinstance(hidden, ALIF):
+        beta, rho = hidden.beta, hidden.rho
+        pa = torch.zeros_like(pv)
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:  # M_{t+1}ᵀ p_{t+1}
+                q = psi[t]
+                pv, pa = (
+                    (alpha - r * th * q) * pv + q * pa,
+                    r * th * beta * q * pv + (rho - beta * q) * pa,
+                )
+            s = psi[t] * lam[t]
+            pv = pv + s
+            pa = pa - beta * s
+            out[t] = pv
+        return out
+    for t in range(T - 1, -1, -1):
+        if t < T - 1:
+            pv = (alpha - r * th * psi[t]) * pv
+        pv = pv + psi[t] * lam[t]
+        out[t] = pv
+    return out
