@@ -15,7 +15,8 @@ chronograd's neurons have none and the issue asks for batch 32.
 
 Writes ``benchmarks/results/eprop_evidence.{md,json,png}``. Usage:
 ``python benchmarks/learn_eprop_evidence.py [--time-scale 0.1] [--iterations 1000]
-[--seeds 0,1,2] [--rules eprop,bptt] [--threads 2] [--stop]``.
+[--seeds 0,1,2] [--rules eprop,bptt] [--lr-decay 1.0] [--threads 2] [--stop] [--name N]``
+(``--lr-decay``: learning-rate factor per 100 iterations; 1, constant, as the reference code).
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     model = build_model("lsnn", task.input_size, task.output_size, 100, tau_mem=s["tau_mem"],
                         tau_adapt=s["tau_adapt"], tau_out=s["tau_out"], threshold=0.6)  # fmt: skip
     rule = make_rule(name, args)
-    trainer = Trainer(model, rule, task.objective, lr=args.lr, metrics={"err": task.metric})
+    # --lr-decay: factor per 100 iterations (epochs are --validate-every iterations)
+    gamma = args.lr_decay ** (args.validate_every / 100)
+    trainer = Trainer(model, rule, task.objective, lr=args.lr, metrics={"err": task.metric},
+                      scheduler=lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma))  # fmt: skip
     curve: list[tuple[int, float]] = []
     state = {"hit": None}
 
@@ -89,6 +93,7 @@ def main() -> None:
     ap.add_argument("--validate-every", type=int, default=10)
     ap.add_argument("--rules", default="eprop,bptt")
     ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--lr-decay", type=float, default=1.0, help="factor per 100 iterations")
     ap.add_argument("--feedback-init", default="randn")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--stop", action="store_true", help="stop at the criterion")
@@ -104,7 +109,9 @@ def main() -> None:
     plot(results, args, T)
     rows = [
         f"Evidence accumulation, T = {T} steps (time_scale = {args.time_scale}), 50 LIF + 50 "
-        f"ALIF, batch 32, Adam lr {args.lr}, {args.threads} torch thread(s). "
+        f"ALIF, batch 32, Adam lr {args.lr}"
+        + (f" times {args.lr_decay} every 100 iterations" if args.lr_decay != 1 else "")
+        + f", {args.threads} torch thread(s). "
         "Recall error on 128 validation trials every "
         f"{args.validate_every} iterations; the criterion is met when it is < 7% and stays "
         f"< 7% on 256 more trials; {'training stops there' if args.stop else 'training goes on'}; "
@@ -123,7 +130,8 @@ def main() -> None:
         )
     rows += ["", f"![curves]({args.name}.png)", ""]
     cmd = (f"python benchmarks/learn_eprop_evidence.py --time-scale {args.time_scale} "
-           f"--iterations {args.iterations} --seeds {args.seeds}" + (" --stop" if args.stop else ""))  # fmt: skip
+           f"--iterations {args.iterations} --seeds {args.seeds} --rules {args.rules} "
+           f"--lr-decay {args.lr_decay} --name {args.name}" + (" --stop" if args.stop else ""))  # fmt: skip
     write(args.name, "e-prop learning: evidence accumulation", rows, cmd)
 
 
