@@ -7,7 +7,7 @@ import torch
 
 import chronograd as cg
 from chronograd import BPTT, TBPTT, Objective
-from chronograd.cells import LeakyReadout, LeakyRNN, Stack
+from chronograd.cells import ALIF, LeakyReadout, LeakyRNN, Stack, lsnn_beta
 from chronograd.constraints import DaleProjection, NoAutapses, SparsityMask
 from chronograd.dale import connection_mask, neuron_signs, sign_violations
 from chronograd.regularizers import L2, DaleHinge, DaleLawL2, ExcRatioTarget
@@ -49,13 +49,24 @@ RULE_OPTIONS: dict[str, dict] = {"tbptt": {"k1": 4}, "rls": {"strategy": "grad"}
 NO_OPTIMIZER: set[str] = {"rls"}
 
 
-def registered_rule(name, model):
+def spiking(seed=0):
+    torch.manual_seed(seed)
+    core = ALIF(3, H, tau_mem=3.0, tau_adapt=20.0, beta=lsnn_beta(H // 2, H - H // 2, 0.2))
+    return Stack(core, LeakyReadout(H, 2, kappa=0.5)).double()
+
+
+def model_and_rule(name):
+    """The rate RNN, or a spiking LSNN for rules defined on spiking layers only (e-prop)."""
     rule = cg.rules.get(name, **RULE_OPTIONS.get(name, {}))
-    try:
-        rule.check_model(model)
-    except TypeError as e:
-        pytest.skip(f"{name} cannot train this model: {e}")
-    return rule
+    for build in (rnn, spiking):
+        model = build()
+        try:
+            rule.check_model(model)
+        except TypeError as e:
+            reason = str(e)
+            continue
+        return model, rule
+    pytest.skip(f"{name} cannot train either test model: {reason}")
 
 
 # -- the penalty reaches the gradient, once per update --------------------------------------------
@@ -75,8 +86,8 @@ def check_penalty_added_once_per_update(rule, model):
 
 @pytest.mark.parametrize("name", sorted(set(RULES) - NO_OPTIMIZER))
 def test_penalty_gradient_is_added_once_per_update_by_every_rule(name):
-    model = rnn()
-    check_penalty_added_once_per_update(registered_rule(name, model), model)
+    model, rule = model_and_rule(name)
+    check_penalty_added_once_per_update(rule, model)
 
 
 def test_penalty_gradient_is_added_once_per_update_with_tbptt_history():
@@ -131,8 +142,7 @@ def check_all(model, constraints, signs):
 
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_constraints_hold_after_every_update_of_every_rule(name):
-    model = rnn()
-    rule = registered_rule(name, model)
+    model, rule = model_and_rule(name)
     signs, constraints = constraints_for(model)
     w = model.layers[0].recurrent.weight
     assert not all(c.holds() for c in constraints)  # the test can fail: they start violated
