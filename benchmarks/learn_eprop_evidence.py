@@ -102,7 +102,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(x) for x in args.seeds.split(",")]
-    results = {f"{r}:{sd}": run(r, sd, args) for r in args.rules.split(",") for sd in seeds}
+    results: dict[str, Any] = {}
+    for r in args.rules.split(","):
+        for sd in seeds:
+            results[f"{r}:{sd}"] = run(r, sd, args)
+            report(results, args)  # after every run: an interrupted benchmark keeps what it did
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     T = cg.tasks.get("evidence", time_scale=args.time_scale).seq_len
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"args": vars(args), **results}))
