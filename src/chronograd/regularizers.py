@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast, final
+from typing import Any, ClassVar, cast, final
 
 import torch
 from torch import Tensor, nn
@@ -378,7 +378,10 @@ def _ratio_penalty(w: Tensor, exc_target: float, temperature: float) -> Tensor:
 
 
 class _Ratio(Regularizer):
-    """Shared constructor of the ratio targets (abstract)."""
+    """Shared constructor, penalty and metrics of the ratio targets (abstract); ``kind``
+    (``"exc"`` or ``"inh"``) names the fraction a subclass targets and reports."""
+
+    kind: ClassVar[str]
 
     def __init__(
         self,
@@ -413,6 +416,13 @@ class _Ratio(Regularizer):
         """The true inhibitory fraction ``1 − r`` of each parameter."""
         return {n: 1.0 - r for n, r in self.exc_ratios().items()}
 
+    def metrics(self) -> dict[str, float]:
+        out = super().metrics()
+        ratios = self.exc_ratios() if self.kind == "exc" else self.inh_ratios()
+        for n, r in ratios.items():
+            out[f"{self.name}_{self.kind}_ratio" + (f"_{n}" if len(self.params) > 1 else "")] = r
+        return out
+
 
 @final
 class ExcRatioTarget(_Ratio):
@@ -422,6 +432,8 @@ class ExcRatioTarget(_Ratio):
         target: wanted excitatory fraction ``r = (mean(sign W) + 1)/2`` in ``[0, 1]``.
         temperature: surrogate width ``τ = temperature · mean|W|`` of the gradient.
     """
+
+    kind = "exc"
 
     def __init__(
         self,
@@ -437,16 +449,12 @@ class ExcRatioTarget(_Ratio):
     def exc_target(self) -> float:
         return self.target
 
-    def metrics(self) -> dict[str, float]:
-        out = super().metrics()
-        for n, r in self.exc_ratios().items():
-            out[f"{self.name}_exc_ratio" + (f"_{n}" if len(self.params) > 1 else "")] = r
-        return out
-
 
 @final
 class InhRatioTarget(_Ratio):
     """``Λ Σ_W |mean(sign W) + 1 − 2(1 − target)|``: push the inhibitory fraction to ``target``."""
+
+    kind = "inh"
 
     def __init__(
         self,
@@ -461,12 +469,6 @@ class InhRatioTarget(_Ratio):
     @property
     def exc_target(self) -> float:
         return 1.0 - self.target
-
-    def metrics(self) -> dict[str, float]:
-        out = super().metrics()
-        for n, r in self.inh_ratios().items():
-            out[f"{self.name}_inh_ratio" + (f"_{n}" if len(self.params) > 1 else "")] = r
-        return out
 
 
 @final

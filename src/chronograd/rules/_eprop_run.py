@@ -33,7 +33,7 @@ from chronograd.rules._eprop_net import (
     run_block,
     transition,
 )
-from chronograd.rules._traces import BLOCK, add_grad, time_slice
+from chronograd.rules._traces import BLOCK, add_grad, time_slice, trace_dtype_of
 from chronograd.rules.base import RuleStep, penalty_grads
 from chronograd.rules.drtrl import advance
 from chronograd.sequence import Span
@@ -87,7 +87,7 @@ def online_chunk(
     kappa = net.readout.kappa
     rate = rule.rate_target is not None
     lay = layout(net.hidden, rate)
-    tdtype = rule.trace_dtype if isinstance(rule.trace_dtype, torch.dtype) else None
+    tdtype = trace_dtype_of(rule)
     w = objective.weights(
         span.total, Bsz, start=span.start, stop=span.stop, device=xs.device, dtype=xs.dtype
     )

@@ -70,6 +70,13 @@ def check_trace_dtype(value: Any) -> torch.dtype | None:
     )
 
 
+def trace_dtype_of(rule: Any) -> torch.dtype | None:
+    """A trace rule's ``trace_dtype`` as its ``_check`` left it (:func:`check_trace_dtype`):
+    a ``torch.dtype``, or ``None`` for the dtype of the state."""
+    value = rule.trace_dtype
+    return value if isinstance(value, torch.dtype) else None
+
+
 def check_chunk(value: Any) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"chunk_size must be a positive int (steps per update), got {value!r}")

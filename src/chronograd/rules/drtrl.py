@@ -58,6 +58,7 @@ from chronograd.rules._traces import (
     matvec,
     neuron_traces,
     run_chunk,
+    trace_dtype_of,
 )
 from chronograd.rules.base import Carry, LearningRule, RuleStep
 from chronograd.sequence import Span
@@ -116,7 +117,7 @@ class DRTRL(LearningRule):
         objective: Objective,
         span: Span,
     ) -> RuleStep:
-        dtype = self.trace_dtype if isinstance(self.trace_dtype, torch.dtype) else None
+        dtype = trace_dtype_of(self)
         params = self.trained(model)
         target = None
         if self.readout == "filter":

@@ -39,6 +39,7 @@ from chronograd.rules._traces import (
     neuron_traces,
     run_chunk,
     small_traces,
+    trace_dtype_of,
 )
 from chronograd.rules.base import Carry, LearningRule, RuleStep
 from chronograd.sequence import Span
@@ -106,7 +107,7 @@ class PPProp(LearningRule):
         objective: Objective,
         span: Span,
     ) -> RuleStep:
-        dtype = self.trace_dtype if isinstance(self.trace_dtype, torch.dtype) else None
+        dtype = trace_dtype_of(self)
         alpha = self.alpha
 
         def on_block(graph: TraceGraph, blk: TraceBlock, c: TraceCarry,

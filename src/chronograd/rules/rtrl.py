@@ -31,7 +31,7 @@ from torch.func import functional_call, jvp, vmap
 from chronograd._tree import detach, tree_leaves, tree_map, tree_stack, tree_unflatten
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules._traces import check_chunk, check_trace_dtype, time_slice
+from chronograd.rules._traces import check_chunk, check_trace_dtype, time_slice, trace_dtype_of
 from chronograd.rules.base import Carry, LearningRule, RuleStep, penalty_grads
 from chronograd.sequence import Span
 
@@ -65,7 +65,7 @@ class RTRL(LearningRule):
         return None  # the influence matrices, created at the first chunk
 
     def _dtype(self, like: Tensor) -> torch.dtype:
-        return self.trace_dtype if isinstance(self.trace_dtype, torch.dtype) else like.dtype
+        return trace_dtype_of(self) or like.dtype
 
     def update(
         self,
