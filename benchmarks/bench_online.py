@@ -26,8 +26,9 @@ import torch
 import chronograd as cg
 from chronograd.bench import median_ms, peak_memory
 from chronograd.cells import spiking_mlp
-from chronograd.rules import BPTT, FPTT, OTTT, SLTT, apply_to_model, run_sequence
+from chronograd.rules import BPTT, FPTT, OTTT, SLTT
 from chronograd.traces import intercept_linears
+from chronograd.training import apply_to_model, run_sequence
 
 from _common import write
 
@@ -35,7 +36,7 @@ B = 32
 RULES: dict[str, Callable[[], cg.LearningRule]] = {
     "BPTT": BPTT,
     "OTTT": OTTT,
-    "OTTT online": lambda: OTTT(online=True),
+    "OTTT online": lambda: OTTT(chunk_size=1),
     "SLTT": SLTT,
     "FPTT dual": lambda: FPTT(0.1),
     "FPTT two-pass": lambda: FPTT(0.1, form="two_pass"),

@@ -16,9 +16,10 @@ import torch
 
 from chronograd.cells import ChaoticRNN
 from chronograd.objectives import Objective
-from chronograd.rules import RLS, apply_to_model, run_sequence
+from chronograd.rules import RLS
 from chronograd.rules.rls_core import initial_p, rls_steps_
 from chronograd.sequence import unroll
+from chronograd.training import apply_to_model, run_sequence
 
 from _common import median_ms, write
 

@@ -47,7 +47,7 @@ def main() -> None:
     }
     trainer = Trainer(
         model,
-        cg.TBPTT(k1=25),
+        cg.TBPTT(chunk_size=25),
         cg.Objective("mse", regularizers=[l2, hinge]),
         lr=3e-3,
         constraints=constraints,

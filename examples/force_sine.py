@@ -20,8 +20,9 @@ import torch
 
 from chronograd.cells import ChaoticRNN
 from chronograd.objectives import Objective
-from chronograd.rules import RLS, apply_to_model, run_sequence
+from chronograd.rules import RLS
 from chronograd.sequence import unroll
+from chronograd.training import apply_to_model, run_sequence
 
 
 def target(start: int, steps: int, period: float, dtype: torch.dtype) -> torch.Tensor:
@@ -58,7 +59,7 @@ def force_sine(
         before, state = unroll(model, zeros(test_steps))
     f_before = target(0, test_steps, period, dtype)
 
-    rule = RLS(strategy="inputs", delta=delta, every_k_steps=1, params=("readout.weight",))
+    rule = RLS(strategy="inputs", delta=delta, chunk_size=1, params=("readout.weight",))
     f_train = target(test_steps, train_steps, period, dtype)
     run = run_sequence(
         rule, model, zeros(train_steps), f_train, Objective("mse"), state=state,

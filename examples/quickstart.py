@@ -31,7 +31,7 @@ def main() -> None:
     # the recall window at the end, so truncation cuts the path back to the cues.
     xs, ys = task.batch(32)
     for k in (15, 75, 225):
-        align = cg.testing.gradient_alignment(cg.TBPTT(k1=k), model, xs, ys, task.objective)
+        align = cg.testing.gradient_alignment(cg.TBPTT(chunk_size=k), model, xs, ys, task.objective)
         a = align["layers.0.input.weight"]
         print(
             f"TBPTT({k}) vs BPTT, input weights: cosine {a.cosine:.3f}, relative error {a.rel_error:.3f}"

@@ -52,7 +52,7 @@ def main(rules: str, out: str, mode: str) -> None:
         trainer.fit([mine], epochs=1)
         if rank == 0:
             torch.save(model.state_dict(), os.path.join(out, f"{i}.pt"))
-            carry = trainer.rule.carry_state_dict(trainer.carry)
+            carry = trainer.state_dict()["rule"]
             torch.save(carry, os.path.join(out, f"{i}.carry.pt"))  # persistent rule state
 
 

@@ -25,7 +25,7 @@ def build():
     y = x.cumsum(1)[..., :1] * 0.1
     loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)
     model = Stack(GRU(3, 6), LeakyReadout(6, 1))
-    trainer = Trainer(model, TBPTT(4, time_dim=1), Objective("mse"), lr=1e-2)
+    trainer = Trainer(model, TBPTT(4), Objective("mse"), lr=1e-2, time_dim=1)
     return trainer, loader
 
 

@@ -27,6 +27,7 @@ from chronograd.reproducibility import seed_everything
 from chronograd.rules import DRTRL, FPTT, OTTT, RLS, RTRL, SLTT, EProp, PPProp
 from chronograd.sequence import spans
 from chronograd.training import Checkpoint, EarlyStopping, Event, Trainer
+from chronograd.transforms import clip_by_global_norm, ema
 
 D = torch.float64
 
@@ -174,15 +175,20 @@ CASES = [
         ValueError,
         "auto_ratio must lie in (0, 1]",
     ),
-    ("clip < 0", lambda: BPTT(clip_grad_norm=-1.0), ValueError, "clip_grad_norm must be > 0"),
-    ("ema 1.5", lambda: BPTT(grad_ema=1.5), ValueError, "grad_ema must lie in [0, 1)"),
+    ("clip < 0", lambda: clip_by_global_norm(-1.0), ValueError, "max_norm must be > 0"),
+    ("ema 1.5", lambda: ema(1.5), ValueError, "beta must lie in [0, 1)"),
     ("params as a string", lambda: BPTT(params="w"), TypeError, "tuple of parameter names"),
-    ("time_dim -1", lambda: BPTT(time_dim=-1), ValueError, "time_dim must be a non-negative int"),
+    (
+        "time_dim -1",
+        lambda: Trainer(net(), BPTT(), Objective("mse"), time_dim=-1),
+        ValueError,
+        "time_dim must be a non-negative int",
+    ),
     ("nonfinite policy", lambda: BPTT(nonfinite="ignore"), ValueError, "nonfinite must be"),
     ("unknown rule option", lambda: BPTT(chunk=4), TypeError, "chunk"),
     (
         "prepare_batch not callable",
-        lambda: BPTT(prepare_batch=3),
+        lambda: Trainer(net(), BPTT(), Objective("mse"), prepare_batch=3),
         TypeError,
         "prepare_batch must be callable",
     ),
@@ -400,13 +406,18 @@ CASES = [
     ("sltt k 0", lambda: SLTT(k=0), ValueError, "k must be a positive int"),
     (
         "sltt k online",
-        lambda: SLTT(k=3, online=True),
+        lambda: SLTT(k=3, chunk_size=1),
         ValueError,
-        "online=True would apply zero updates",
+        "chunk_size=1 would apply zero updates",
     ),
     ("fptt alpha", lambda: FPTT(alpha=0.0), ValueError, "alpha must be a finite number > 0"),
     ("fptt form", lambda: FPTT(form="triple"), ValueError, "form must be 'dual' or 'two_pass'"),
-    ("fptt accumulate", lambda: FPTT(accumulate=True), ValueError, "accumulate=True"),
+    (
+        "fptt accumulate",
+        lambda: Trainer(net(), FPTT(), Objective("mse"), accumulate=True),
+        ValueError,
+        "accumulate=True",
+    ),
     (
         "fptt helper lengths",
         lambda: online.fptt_online_training(
@@ -425,7 +436,12 @@ CASES = [
     ("rls delta", lambda: RLS(delta=0.0), ValueError, "delta must be > 0"),
     ("rls forgetting", lambda: RLS(forgetting=1.5), ValueError, "forgetting must lie in (0, 1]"),
     ("rls strategy", lambda: RLS(strategy="magic"), ValueError, "unknown RLS strategy 'magic'"),
-    ("rls accumulate", lambda: RLS(accumulate=True), ValueError, "accumulate does not apply"),
+    (
+        "rls accumulate",
+        lambda: Trainer(net(), RLS(), Objective("mse"), accumulate=True),
+        ValueError,
+        "accumulate=True does not apply",
+    ),
     # tasks
     (
         "digits encoding",

@@ -5,8 +5,10 @@ from torch.func import functional_call
 import chronograd as cg
 from chronograd import BPTT, TBPTT, Objective
 from chronograd.cells import GRU, LIF, LeakyReadout, LeakyRNN, Stack
-from chronograd.rules import apply_to_model, run_sequence
 from chronograd.testing import assert_matches_bptt
+from chronograd.training import apply_to_model, run_sequence
+from chronograd.transforms import clip_by_global_norm
+from chronograd.transforms import ema as ema_transform
 
 D = torch.float64
 T, B = 24, 3
@@ -115,9 +117,9 @@ def test_tbptt_k1_lt_k2_matches_hand_unrolled_reference_with_updates_between_chu
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     apply = apply_to_model(model, opt)
 
-    def record(grads, updates):
-        got.append({n: g.clone() for n, g in grads.items()})
-        apply(grads, updates)
+    def record(update):
+        got.append({n: g.clone() for n, g in update.grads.items()})
+        apply(update)
 
     run_sequence(TBPTT(5, 12), model, xs, ys, obj, apply=record)
     assert len(got) == len(ref) == 5
@@ -168,12 +170,13 @@ def test_accumulate_applies_one_summed_update_per_sequence():
     model, (xs, ys) = rnn_net(), data()
     calls = []
     res = run_sequence(
-        TBPTT(5, accumulate=True),
+        TBPTT(5),
         model,
         xs,
         ys,
         Objective("mse"),
-        apply=lambda g, u: calls.append(g),
+        apply=lambda up: calls.append(up.grads),
+        accumulate=True,
     )
     assert len(calls) == 1 and res.n_updates == 1
     for n in res.grads:
@@ -184,12 +187,13 @@ def test_clip_and_ema_postprocess_applied_gradients():
     model, (xs, ys) = rnn_net(), data()
     calls = []
     res = run_sequence(
-        TBPTT(6, clip_grad_norm=1e-3),
+        TBPTT(6),
         model,
         xs,
         ys,
         Objective("mse"),
-        apply=lambda g, u: calls.append(g),
+        apply=lambda up: calls.append(up.grads),
+        transform=clip_by_global_norm(1e-3),
     )
     for g in calls:
         norm = torch.sqrt(sum((v**2).sum() for v in g.values()))
@@ -200,7 +204,13 @@ def test_clip_and_ema_postprocess_applied_gradients():
     )
     ema = []
     run_sequence(
-        TBPTT(6, grad_ema=0.5), model, xs, ys, Objective("mse"), apply=lambda g, u: ema.append(g)
+        TBPTT(6),
+        model,
+        xs,
+        ys,
+        Objective("mse"),
+        apply=lambda up: ema.append(up.grads),
+        transform=ema_transform(0.5),
     )
     n = "layers.0.input.weight"
     m = 0.5 * 0 + 0.5 * raw[0][n]
@@ -214,7 +224,7 @@ def test_time_dim_option_moves_time_first_in_the_trainer():
     from chronograd.training import Trainer
 
     model, (xs, ys) = rnn_net(), data()
-    trainer = Trainer(model, BPTT(time_dim=1), Objective("mse"))
+    trainer = Trainer(model, BPTT(), Objective("mse"), time_dim=1)
     batch = (xs.transpose(0, 1), ys.transpose(0, 1))
     x, y = trainer._prepare(batch)
     assert torch.equal(x, xs) and torch.equal(y, ys)
@@ -226,8 +236,8 @@ def test_time_dim_option_moves_time_first_in_the_trainer():
         (lambda: TBPTT(8, 4), "k1 <= k2"),
         (lambda: TBPTT(0), "k1 must be a positive int"),
         (lambda: TBPTT(k2=4), "set k1"),
-        (lambda: BPTT(clip_grad_norm=0.0), "clip_grad_norm must be > 0"),
-        (lambda: BPTT(grad_ema=1.0), "grad_ema must lie in"),
+        (lambda: clip_by_global_norm(0.0), "max_norm must be > 0"),
+        (lambda: ema_transform(1.0), "beta must lie in"),
         (lambda: BPTT(checkpoint=0), "checkpoint must be a positive"),
     ],
 )
@@ -241,7 +251,7 @@ def test_unknown_rule_options_raise():
         BPTT(chunk=5)
     with pytest.raises(ValueError, match="unknown rule"):
         cg.rules.get("magic")
-    assert isinstance(cg.rules.get("tbptt", k1=3), TBPTT)
+    assert isinstance(cg.rules.get("tbptt", chunk_size=3), TBPTT)
 
 
 def test_mismatched_time_lengths_raise():

@@ -77,8 +77,8 @@ class DirectDescent(LearningRule):
     def init(self, model: Any, state: Any) -> Any:
         return ()
 
-    def update(self, model, xs, targets, state, carry, objective, span) -> RuleStep:
-        step = BPTT(params=self.params).update(model, xs, targets, state, carry, objective, span)
+    def update(self, model, chunk, state, carry, objective) -> RuleStep:
+        step = BPTT(params=self.params).update(model, chunk, state, carry, objective)
         updates = {n: -self.eta * g for n, g in step.grads.items()}
         return RuleStep({}, step.state, carry, step.loss, step.outputs, updates=updates)
 
@@ -101,7 +101,7 @@ def _finite(v: Any) -> bool:
 def test_compare_end_to_end_reports_every_rule_and_documents_every_field(tmp_path, registered):
     out = tmp_path / "cmp"
     argv = ["compare", *TINY, "--rules", "bptt,tbptt,no-such-rule,not-for-this,breaks",
-            "--rule-opt", f"tbptt.k1={T}", "--raster", "--no-memory", "--out", str(out)]  # fmt: skip
+            "--rule-opt", f"tbptt.chunk_size={T}", "--raster", "--no-memory", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     doc = json.loads((out / "compare.json").read_text())
     assert doc["schema"] == "chronograd.compare/1"
@@ -149,7 +149,7 @@ def test_compare_end_to_end_reports_every_rule_and_documents_every_field(tmp_pat
     assert "not available in this installation: no-such-rule" in table
     for png in ("learning_curves.png", "alignment.png", "raster_bptt.png", "raster_tbptt.png"):
         assert (out / png).stat().st_size > 1000
-    assert "--rule-opt tbptt.k1=45" in doc["command"]
+    assert "--rule-opt tbptt.chunk_size=45" in doc["command"]
 
 
 def _model_params():
@@ -221,8 +221,8 @@ def test_alignment_is_the_public_gradient_alignment():
     task = make_task("evidence", options=API["task_options"])
     model = model_for_task(task, None, 8, 0)
     xs, ys = task.batch(4, seed=0)
-    expected = gradient_alignment(rules.get("tbptt", k1=5), model, xs, ys, task.objective)
-    assert doc["rules"][0]["options"] == {"k1": 5}  # RULE_DEFAULTS: ceil(T / 10)
+    expected = gradient_alignment(rules.get("tbptt", chunk_size=5), model, xs, ys, task.objective)
+    assert doc["rules"][0]["options"] == {"chunk_size": 5}  # RULE_DEFAULTS: ceil(T / 10)
     assert reported["all"]["cosine"] == pytest.approx(expected["all"].cosine, rel=1e-6)
     assert reported["all"]["rel_error"] == pytest.approx(expected["all"].rel_error, rel=1e-5)
     assert reported["all"]["rel_error"] > 1e-3  # truncation loses part of the gradient

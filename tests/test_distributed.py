@@ -19,12 +19,12 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 RULES = [
     ("bptt", {}),
-    ("tbptt", {"k1": 4}),
-    ("tbptt", {"k1": 3, "k2": 6}),
-    ("ottt", {"online": True}),
+    ("tbptt", {"chunk_size": 4}),
+    ("tbptt", {"chunk_size": 3, "k2": 6}),
+    ("ottt", {"chunk_size": 1}),
     ("sltt", {"k": 5}),
     ("fptt", {}),
-    ("fptt", {"form": "two_pass", "chunk": 3}),  # its second pass is averaged over ranks too
+    ("fptt", {"form": "two_pass", "chunk_size": 3}),  # its second pass is averaged over ranks too
     ("drtrl", {"chunk_size": 4}),
     ("pp-prop", {"decay": 0.5, "chunk_size": 4}),
     ("eprop", {"feedback": "symmetric", "chunk_size": 4}),
@@ -76,7 +76,7 @@ def test_two_ranks_with_half_batches_equal_one_process_on_the_full_batch(tmp_pat
             )
         # the rule's persistent state (e.g. FPTT's running average) matches too
         carry = torch.load(tmp_path / f"{i}.carry.pt")
-        want = trainer.rule.carry_state_dict(trainer.carry)
+        want = trainer.state_dict()["rule"]
         for a, b in zip(tree_leaves(carry), tree_leaves(want), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=f"{rule} {opts} carry")
 
@@ -90,14 +90,21 @@ def test_a_rank_that_raises_ends_the_job_with_the_error(tmp_path):
 
 
 def test_rules_that_update_weights_directly_are_refused(monkeypatch):
-    from chronograd.training import Trainer
+    from chronograd.rules import Update
+    from chronograd.sequence import Span
+    from chronograd.training import Trainer, apply_to_model
     from chronograd.training.distributed import DistributedContext
 
     model, _, _ = problem()
     trainer = make_trainer(model, "bptt", {}, distributed=False)
-    trainer.distributed = DistributedContext(0, 2)
+    apply = apply_to_model(
+        model, trainer.optimizer, rule=trainer.rule, distributed=DistributedContext(0, 2)
+    )
+    update = Update(
+        {}, {"layers.1.input.bias": torch.zeros(2, dtype=torch.float64)}, Span(0, 1, 1), 2
+    )
     with pytest.raises(ValueError, match="updates weights directly"):
-        trainer._apply({}, {"layers.1.input.bias": torch.zeros(2, dtype=torch.float64)})
+        apply(update)
     assert isinstance(trainer, Trainer)
 
 

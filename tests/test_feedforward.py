@@ -28,7 +28,9 @@ def test_spiking_mlp_builds_feed_forward_lif_layers_and_a_readout():
         spiking_mlp((8, 2))
 
 
-@pytest.mark.parametrize("rule", [BPTT(), TBPTT(3), OTTT(), SLTT(), FPTT(0.1, chunk=2)], ids=str)
+@pytest.mark.parametrize(
+    "rule", [BPTT(), TBPTT(3), OTTT(), SLTT(), FPTT(0.1, chunk_size=2)], ids=str
+)
 def test_feed_forward_stacks_with_parameterless_layers_work_with_every_rule(rule):
     torch.manual_seed(0)
     model = Stack(

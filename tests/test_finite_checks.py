@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from chronograd.rules.run import _finite, check_like_model
+from chronograd.rules.driver import _finite, check_like_model
 
 
 def test_nonfinite_gradients_are_named_and_overflowing_sums_are_not():

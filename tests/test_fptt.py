@@ -4,10 +4,11 @@ import torch
 import chronograd as cg
 from chronograd import TBPTT, Objective
 from chronograd.cells import LeakyReadout, Stack
-from chronograd.rules import FPTT, apply_to_model, fptt_load_average, run_sequence
+from chronograd.rules import FPTT, fptt_load_average
 from chronograd.rules.fptt import FPTTCarry
 from chronograd.traces import intercept_linears
-from chronograd.training import Event, Trainer
+from chronograd.training import Event, Trainer, apply_to_model, run_sequence
+from chronograd.transforms import clip_by_global_norm
 
 D = torch.float64
 I, O, B = 3, 2, 3
@@ -24,11 +25,11 @@ def grad_l(W, h, x, y):
     return (2.0 / O) * (KAPPA * h + x @ W.T - y).T @ x
 
 
-def run(rule, model, xs, ys, lr, carry=None):
+def run(rule, model, xs, ys, lr, carry=None, transform=None):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     return run_sequence(
         rule, model, xs, ys, Objective("mse", reduction="sum"), carry=carry,
-        apply=apply_to_model(model, opt),
+        apply=apply_to_model(model, opt), transform=transform,
     )  # fmt: skip
 
 
@@ -138,7 +139,7 @@ def test_chunks_back_propagate_inside_and_add_the_summed_regulariser_gradient():
     T, K, alpha = 10, 4, 0.25
     xs, ys = torch.rand(T, B, 4, dtype=D) * 2, torch.randn(T, B, 2, dtype=D)
     obj = Objective("mse")
-    rule = FPTT(alpha, chunk=K)
+    rule = FPTT(alpha, chunk_size=K)
     live = dict(model.named_parameters())
     carry = FPTTCarry(
         {n: p.detach() + 0.1 * torch.randn_like(p) for n, p in live.items()},
@@ -187,7 +188,7 @@ def test_clipping_limits_each_update():
     model = integrator()
     xs, ys = 5 * torch.randn(1, B, I, dtype=D), 5 * torch.randn(1, B, O, dtype=D)
     before = model.input.weight.detach().clone()
-    run(FPTT(0.1, clip_grad_norm=0.5), model, xs, ys, lr=1.0)
+    run(FPTT(0.1), model, xs, ys, lr=1.0, transform=clip_by_global_norm(0.5))
     step = (model.input.weight.detach() - before).norm()
     torch.testing.assert_close(step, torch.tensor(0.5, dtype=D))
 
@@ -263,16 +264,16 @@ def test_init_from_optimizer_and_errors():
     for bad in (
         dict(alpha=0.0),
         dict(alpha=-1.0),
-        dict(chunk=0),
+        dict(chunk_size=0),
         dict(form="primal"),
         dict(correction=0.0),
     ):
         with pytest.raises(ValueError):
             FPTT(**bad)
     with pytest.raises(ValueError, match="accumulate"):
-        FPTT(0.1, accumulate=True)
+        Trainer(model, FPTT(0.1), Objective("mse"), accumulate=True)
     with pytest.raises(TypeError):
         FPTT(0.1, beta=0.5)  # unknown option
     with pytest.raises(ValueError, match="same params"):
         FPTT(0.1).load_carry_state_dict(model, {"w_bar": {}, "lam": {}})
-    assert cg.rules.get("fptt", alpha=0.3, chunk=2) == FPTT(0.3, chunk=2)
+    assert cg.rules.get("fptt", alpha=0.3, chunk_size=2) == FPTT(0.3, chunk_size=2)

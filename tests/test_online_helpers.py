@@ -12,8 +12,8 @@ from chronograd.online import (
     fptt_online_training_init_w_ra,
     ottt_online_training,
 )
-from chronograd.rules import FPTT, OTTT, SLTT, apply_to_model, run_sequence
-from chronograd.training import Trainer
+from chronograd.rules import FPTT, OTTT, SLTT
+from chronograd.training import Trainer, apply_to_model, run_sequence
 
 D = torch.float64
 T, N = 6, 4
@@ -50,7 +50,7 @@ def test_ottt_helper_equals_the_trainer_online_and_run_sequence_offline():
     loss, out = ottt_online_training(
         a, opt_a, xs.transpose(0, 1), ys.transpose(0, 1), F.mse_loss, True
     )
-    trainer = Trainer(b, OTTT(online=True, time_dim=1), Objective("mse"), optimizer=sgd(b))
+    trainer = Trainer(b, OTTT(chunk_size=1), Objective("mse"), optimizer=sgd(b), time_dim=1)
     trainer.fit([(xs.transpose(0, 1), ys.transpose(0, 1))], epochs=1)
     assert_same_params(a, b)
     assert out.shape == (N, T, 3) and not out.requires_grad
@@ -76,7 +76,7 @@ def test_ottt_helper_runs_sltt_when_given_the_rule():
     ottt_online_training(
         a, sgd(a), xs.transpose(0, 1), ys.transpose(0, 1), F.mse_loss, True, rule=SLTT()
     )
-    Trainer(b, SLTT(online=True), Objective("mse"), optimizer=sgd(b)).fit([(xs, ys)], epochs=1)
+    Trainer(b, SLTT(chunk_size=1), Objective("mse"), optimizer=sgd(b)).fit([(xs, ys)], epochs=1)
     assert_same_params(a, b)
     with pytest.raises(TypeError, match="OTTT or SLTT"):
         ottt_online_training(a, sgd(a), xs, ys, F.mse_loss, True, rule=FPTT())

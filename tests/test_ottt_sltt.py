@@ -20,8 +20,9 @@ from chronograd.cells import (
     Triangle,
 )
 from chronograd.cells.base import Cell
-from chronograd.rules import OTTT, SLTT, run_sequence
+from chronograd.rules import OTTT, SLTT
 from chronograd.testing import assert_matches_bptt
+from chronograd.training import run_sequence
 
 D = torch.float64
 T, B = 12, 3
@@ -75,7 +76,7 @@ def test_ottt_equals_bptt_on_a_leaky_integrator_read_out_at_the_same_step():
         assert_matches_bptt(OTTT(trace_input=True), model, xs, ys, obj, rtol=1e-10)
     # one update per step: each step is its own window, so compare with a sum reduction
     assert_matches_bptt(
-        OTTT(online=True, trace_input=True), model, xs, ys, Objective("mse", reduction="sum"),
+        OTTT(chunk_size=1, trace_input=True), model, xs, ys, Objective("mse", reduction="sum"),
         rtol=1e-10,
     )  # fmt: skip
     # without tracing the raw input the first layer gets the instantaneous gradient: not exact
@@ -227,7 +228,7 @@ def test_sltt_is_tbptt_of_one_step_with_a_per_step_loss(make):
     model = make().double()
     xs, ys = torch.rand(T, B, 4, dtype=D) * 2, torch.randn(T, B, 2, dtype=D)
     for obj in (Objective("mse"), Objective("mse", last=5)):
-        g = cg.gradient(SLTT(online=True), model, xs, ys, obj)
+        g = cg.gradient(SLTT(chunk_size=1), model, xs, ys, obj)
         r = cg.gradient(TBPTT(1), model, xs, ys, obj)
         for n in r:
             torch.testing.assert_close(g[n], r[n], rtol=1e-12, atol=1e-14)
@@ -317,7 +318,7 @@ def test_sltt_k_is_the_sum_over_k_seeded_random_steps():
     xs, ys = torch.rand(Tn, B, 5, dtype=D) * 1.5, torch.randn(Tn, B, 3, dtype=D)
     obj = Objective("mse", reduction="sum")
     per_step = []
-    run_sequence(SLTT(online=True), model, xs, ys, obj,
+    run_sequence(SLTT(chunk_size=1), model, xs, ys, obj,
                  on_chunk_end=lambda span, step: per_step.append(step.grads))  # fmt: skip
     names = list(per_step[0])
 
@@ -350,7 +351,7 @@ def test_sltt_k_is_the_sum_over_k_seeded_random_steps():
 
 def test_ottt_and_sltt_learn_with_the_trainer():
     torch.manual_seed(10)
-    for rule in (OTTT(online=True), OTTT(), SLTT(), SLTT(k=4)):
+    for rule in (OTTT(chunk_size=1), OTTT(), SLTT(), SLTT(k=4)):
         torch.manual_seed(10)
         model = cg.cells.spiking_mlp((5, 16, 2), tau_mem=4.0, threshold=0.5)
         xs = torch.rand(T, 8, 5) * 1.5
@@ -395,14 +396,14 @@ def test_unsupported_models_and_options_raise():
         cg.gradient(OTTT(), BufferBiasCell(), xs3, ys3, Objective("mse"))
     with pytest.raises(TypeError, match="from the left"):
         cg.gradient(OTTT(), LeftCell(), xs3, ys3, Objective("mse"))
-    with pytest.raises(ValueError, match="online=True"):
-        SLTT(k=2, online=True)
+    with pytest.raises(ValueError, match="chunk_size=1"):
+        SLTT(k=2, chunk_size=1)
     with pytest.raises(ValueError, match="positive int"):
         SLTT(k=0)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         OTTT(decay=1.5)
-    with pytest.raises(ValueError, match="contradicts"):
-        OTTT(online=True, accumulate=True)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        OTTT(chunk_size=0)
     with pytest.raises(TypeError):
         OTTT(lambda_=0.5)  # unknown option
     with pytest.raises(ValueError, match="plain SLTT"):

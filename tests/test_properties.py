@@ -102,13 +102,13 @@ def test_window_losses_add_up_for_sum_and_weights_are_normalised_for_mean(T, las
 
 RULE_OPTIONS = {
     "bptt": lambda k, a: {"checkpoint": k},
-    "tbptt": lambda k, a: {"k1": k},
+    "tbptt": lambda k, a: {"chunk_size": k},
     "rtrl": lambda k, a: {"chunk_size": k},
     "drtrl": lambda k, a: {"chunk_size": k, "mode": "multi-step" if a > 0.5 else "single-step"},
     "pp-prop": lambda k, a: {"chunk_size": k, "decay": a},
-    "ottt": lambda k, a: {"online": a > 0.5, "decay": a},
+    "ottt": lambda k, a: {"chunk_size": 1 if a > 0.5 else None, "decay": a},
     "sltt": lambda k, a: {"k": k},
-    "fptt": lambda k, a: {"chunk": k, "alpha": a},
+    "fptt": lambda k, a: {"chunk_size": k, "alpha": a},
     "eprop": lambda k, a: {
         "chunk_size": k,
         "feedback": "random" if a > 0.5 else "symmetric",

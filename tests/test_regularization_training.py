@@ -11,15 +11,17 @@ from chronograd.cells import ALIF, LeakyReadout, LeakyRNN, Stack, lsnn_beta
 from chronograd.constraints import DaleProjection, NoAutapses, SparsityMask
 from chronograd.dale import connection_mask, neuron_signs, sign_violations
 from chronograd.regularizers import L2, DaleHinge, DaleLawL2, ExcRatioTarget
-from chronograd.rules import RULES, apply_to_model, run_sequence
+from chronograd.rules import RULES
 from chronograd.sequence import spans
 from chronograd.training import (
     Event,
     ProgressBar,
     RegularizerStep,
     Trainer,
+    apply_to_model,
     dale_metrics,
     regularizer_metrics,
+    run_sequence,
 )
 
 D = torch.float64
@@ -45,7 +47,7 @@ def batches(epoch):
 # Options for rules whose defaults do not fit this small model; rules that update weights
 # directly (no optimizer) go in NO_OPTIMIZER. Rules that cannot train the model are skipped by
 # their own check_model. Every registered rule is tested below.
-RULE_OPTIONS: dict[str, dict] = {"tbptt": {"k1": 4}, "rls": {"strategy": "grad"}}
+RULE_OPTIONS: dict[str, dict] = {"tbptt": {"chunk_size": 4}, "rls": {"strategy": "grad"}}
 NO_OPTIMIZER: set[str] = {"rls"}
 
 
@@ -152,8 +154,8 @@ def test_constraints_hold_after_every_update_of_every_rule(name):
     inner = apply_to_model(model, opt, constraints)
     calls = []
 
-    def apply(grads, updates):
-        inner(grads, updates)
+    def apply(update):
+        inner(update)
         calls.append(1)
         check_all(model, constraints, signs)
 
@@ -196,8 +198,8 @@ def test_regularizer_step_runs_its_own_optimizer_after_every_update(accumulate):
     reg = ExcRatioTarget([w], target=0.2)
     step = RegularizerStep(reg, torch.optim.SGD([w], lr=0.5))
     trainer = Trainer(
-        model, TBPTT(4, accumulate=accumulate), Objective("mse"), lr=0.01,
-        constraints=constraints[1:],
+        model, TBPTT(4), Objective("mse"), lr=0.01, constraints=constraints[1:],
+        accumulate=accumulate,
     )  # fmt: skip
     updates = []
     trainer.add_handler(Event.BATCH_COMPLETED, lambda t: updates.append(1))

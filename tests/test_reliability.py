@@ -10,9 +10,9 @@ import chronograd as cg
 from chronograd import TBPTT, Objective
 from chronograd.cells import GRU, LeakyReadout, Stack
 from chronograd.reproducibility import seed_everything
-from chronograd.rules import LearningRule, run_sequence
-from chronograd.rules.run import NonFiniteError
-from chronograd.training import Trainer
+from chronograd.rules import LearningRule, NonFinite
+from chronograd.rules.driver import NonFiniteError
+from chronograd.training import Trainer, run_sequence
 
 D = torch.float64
 
@@ -31,9 +31,9 @@ class Poisoned(LearningRule):
     def init(self, model, state):
         return self.inner.init(model, state)
 
-    def update(self, model, xs, targets, state, carry, objective, span):
-        step = self.inner.update(model, xs, targets, state, carry, objective, span)
-        if span.start // 4 != self.at:
+    def update(self, model, chunk, state, carry, objective):
+        step = self.inner.update(model, chunk, state, carry, objective)
+        if chunk.span.start // 4 != self.at:
             return step
         grads = dict(step.grads)
         g = grads["layers.1.input.weight"].clone()
@@ -58,7 +58,7 @@ def data():
 def test_nonfinite_raise_names_the_parameter_and_steps():
     xs, ys = data()
     with pytest.raises(NonFiniteError, match=r"layers.1.input.weight.*steps \[4, 8\)"):
-        run_sequence(Poisoned(), model(), xs, ys, Objective("mse"), apply=lambda g, u: None)
+        run_sequence(Poisoned(), model(), xs, ys, Objective("mse"), apply=lambda up: None)
 
 
 def test_nonfinite_skip_drops_the_update_counts_it_and_repairs_the_state():
@@ -70,7 +70,7 @@ def test_nonfinite_skip_drops_the_update_counts_it_and_repairs_the_state():
         xs,
         ys,
         Objective("mse"),
-        apply=lambda g, u: applied.append(g),
+        apply=lambda up: applied.append(up.grads),
     )
     assert res.nonfinite == 1 and len(applied) == 2  # 3 chunks, the poisoned one dropped
     for g in applied:
@@ -81,9 +81,9 @@ def test_nonfinite_skip_drops_the_update_counts_it_and_repairs_the_state():
 def test_nonfinite_replace_uses_the_given_values():
     xs, ys = data()
     applied = []
-    rule = Poisoned(nonfinite="replace", nan=0.0, posinf=1.0, neginf=-1.0)
+    rule = Poisoned(nonfinite=NonFinite("replace", nan=0.0, posinf=1.0, neginf=-1.0))
     res = run_sequence(
-        rule, model(), xs, ys, Objective("mse"), apply=lambda g, u: applied.append(g)
+        rule, model(), xs, ys, Objective("mse"), apply=lambda up: applied.append(up.grads)
     )
     assert res.nonfinite == 1 and len(applied) == 3
     w = applied[1]["layers.1.input.weight"]

@@ -10,9 +10,9 @@ from torch import nn
 from chronograd.cells import LeakyReadout, LeakyRNN, Map, Stack, WilsonCowan
 from chronograd.cells.base import Cell
 from chronograd.objectives import Objective
-from chronograd.rules import RLS, apply_to_model, run_sequence
+from chronograd.rules import RLS
 from chronograd.sequence import unroll
-from chronograd.training import Trainer
+from chronograd.training import Trainer, apply_to_model, run_sequence
 
 D = torch.float64
 
@@ -88,7 +88,7 @@ def test_inputs_with_forgetting_one_is_the_ridge_closed_form(k, batch_update):
     x, y = linear_data()
     model = linear_model()
     W0, b0 = model.module.weight.detach().clone(), model.module.bias.detach().clone()
-    rule = RLS(strategy="inputs", delta=0.7, every_k_steps=k, batch_update=batch_update)
+    rule = RLS(strategy="inputs", delta=0.7, chunk_size=k, batch_update=batch_update)
     res = train(rule, model, x, y)
     W, b, P = ridge(x, y, 0.7, W0, b0)
     torch.testing.assert_close(model.module.weight.detach(), W, rtol=1e-10, atol=1e-12)
@@ -198,7 +198,7 @@ def test_sequential_rank_one_equals_woodbury(strategy, make, objective, k):
     results = []
     for mode in ("sequential", "woodbury"):
         model = make()
-        rule = RLS(strategy=strategy, delta=0.5, forgetting=0.97, every_k_steps=k,
+        rule = RLS(strategy=strategy, delta=0.5, forgetting=0.97, chunk_size=k,
                    batch_update=mode)  # fmt: skip
         res = train(rule, model, x, y, Objective(objective))
         results.append((dict(model.named_parameters()), res.carry.P))

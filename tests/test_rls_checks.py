@@ -10,6 +10,7 @@ from chronograd.objectives import Objective
 from chronograd.rules import RLS, get
 from chronograd.rules.rls import RLSCarry
 from chronograd.training import Trainer
+from chronograd.transforms import clip_by_global_norm, ema
 from tests.test_rls import D, linear_data, linear_model, train
 
 
@@ -76,18 +77,28 @@ def test_p_lives_on_the_parameter_device():
         ({"forgetting": 0.0}, "forgetting must lie in"),
         ({"forgetting": 1.5}, "forgetting must lie in"),
         ({"strategy": "output"}, "unknown RLS strategy 'output'"),
-        ({"every_k_steps": 0}, "every_k_steps"),
+        ({"chunk_size": 0}, "chunk_size"),
         ({"batch_update": "mean"}, "batch_update"),
         ({"p_dtype": "float16"}, "p_dtype"),
         ({"max_p_bytes": 0}, "max_p_bytes"),
-        ({"accumulate": True}, "accumulate does not apply"),
-        ({"grad_ema": 0.5}, "grad_ema does not apply"),
-        ({"clip_grad_norm": 1.0}, "clip_grad_norm does not apply"),
     ],
 )
 def test_invalid_hyperparameters_raise(options, message):
     with pytest.raises(ValueError, match=message):
         RLS(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"accumulate": True}, "accumulate=True does not apply"),
+        ({"transform": ema(0.5)}, "do not apply to RLS"),
+        ({"transform": clip_by_global_norm(1.0)}, "do not apply to RLS"),
+    ],
+)
+def test_gradient_options_do_not_apply_to_rls(options, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(linear_model(), RLS(), Objective("mse"), optimizer=False, **options)
 
 
 def test_unknown_options_raise_and_the_registry_builds_rls():

@@ -40,7 +40,7 @@ def _data(n=2, T=6, B=3):
 def _trainer():
     torch.manual_seed(0)
     model = Stack(LeakyRNN(2, 4), LeakyReadout(4, 1))
-    return Trainer(model, cg.TBPTT(k1=2), cg.Objective("mse"), lr=1e-2)
+    return Trainer(model, cg.TBPTT(chunk_size=2), cg.Objective("mse"), lr=1e-2)
 
 
 def test_missing_tensorboard_raises_an_import_error_saying_what_to_install(monkeypatch, tmp_path):

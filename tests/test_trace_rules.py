@@ -244,16 +244,19 @@ def test_frozen_relations_are_cut_and_only_trained_parameters_get_gradients():
 
 
 @pytest.mark.parametrize(
-    "rule", [RTRL(chunk_size=5), DRTRL(chunk_size=5), PPProp(chunk_size=5, accumulate=True)]
+    ("rule", "accumulate"),
+    [(RTRL(chunk_size=5), False), (DRTRL(chunk_size=5), False), (PPProp(chunk_size=5), True)],
 )
-def test_trainer_trains_with_each_rule(rule):
+def test_trainer_trains_with_each_rule(rule, accumulate):
     torch.manual_seed(0)
     model = Stack(LeakyRNN(2, 6, alpha=0.5), LeakyReadout(6, 1)).double()
     g = torch.Generator().manual_seed(0)
     xs = torch.randn(3, 10, 8, 2, generator=g, dtype=D)
     fixed = [(x, torch.tanh(x[..., :1] - 0.5 * x[..., 1:])) for x in xs]
 
-    trainer = Trainer(model, rule, cg.Objective("mse"), lr=3e-2, progress=False)
+    trainer = Trainer(
+        model, rule, cg.Objective("mse"), lr=3e-2, progress=False, accumulate=accumulate
+    )
     history = trainer.fit(lambda epoch: fixed, epochs=6)
     losses = [r["loss"] for r in history.records]
     assert losses[-1] < 0.7 * losses[0], losses

@@ -187,10 +187,16 @@ def test_cli_errors_are_one_line(capsys):
 
 
 @pytest.mark.parametrize(
-    "rule, option",
-    [("tbptt", "k1"), ("fptt", "chunk"), ("rls", "every_k_steps"), ("rtrl", "chunk_size"),
-     ("drtrl", "chunk_size"), ("pp-prop", "chunk_size")],
-)  # fmt: skip
-def test_cli_chunk_maps_to_each_rules_own_option(rule, option):
-    assert cg.rules.chunk_option(rule) == option
-    assert getattr(cg.rules.get(rule, **{option: 7}), option) == 7
+    "rule", ["tbptt", "fptt", "rls", "rtrl", "drtrl", "pp-prop", "eprop", "ottt", "sltt"]
+)
+def test_every_chunked_rule_takes_chunk_size(rule):
+    assert "chunk_size" in cg.rules.options(rule)
+    built = cg.rules.get(rule, chunk_size=7)
+    assert built.chunk_size == 7 and built.chunk_length(100) == 7
+
+
+def test_cli_chunk_on_a_rule_without_steps_per_update_is_refused(capsys):
+    from chronograd.cli import main
+
+    assert main(["train", "--rule", "bptt", "--chunk", "4", "--epochs", "1", "--quiet"]) == 2
+    assert "no steps-per-update option" in capsys.readouterr().err

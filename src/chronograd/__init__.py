@@ -12,8 +12,9 @@ from chronograd import cells, constraints, dale, regularizers, rules, tasks, tes
 from chronograd._tree import detach
 from chronograd.cells import Stack
 from chronograd.objectives import Objective
-from chronograd.rules import BPTT, TBPTT, LearningRule, gradient, run_sequence
+from chronograd.rules import BPTT, TBPTT, LearningRule, gradient
 from chronograd.sequence import Span, spans, unroll
+from chronograd.training import run_sequence
 
 __version__ = "0.1.0"
 

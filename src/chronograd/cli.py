@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from chronograd.training.trainer import TrainingInterrupted
+from chronograd.training.resume import TrainingInterrupted
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command]] = {}
@@ -61,7 +61,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the task's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--chunk", type=int, default=None, help="truncation k1 for chunked rules")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="steps per update (the rule's chunk_size; k1 of TBPTT)",
+    )
     p.add_argument(
         "--rule-opt", action="append", default=[], metavar="KEY=VALUE", help="rule option"
     )
@@ -101,7 +106,11 @@ def train(args: argparse.Namespace) -> int:
     model = build_model(cell, task.input_size, task.output_size, hidden, **hints)
     opts = parse_options(args.rule_opt)
     if args.chunk is not None:
-        opts.setdefault(rules.chunk_option(args.rule), args.chunk)
+        if "chunk_size" not in rules.options(args.rule):
+            raise ValueError(
+                f"rule {args.rule!r} has no steps-per-update option (chunk_size) for --chunk"
+            )
+        opts.setdefault("chunk_size", args.chunk)
     rule = rules.get(args.rule, **opts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 A constraint is a callable ``c() -> None`` that projects one referenced parameter in place
 (under ``torch.no_grad``). Pass them to ``Trainer(..., constraints=[...])`` or to
-``rules.apply_to_model(model, optimizer, constraints=[...])``: they run, in order, after every
+``training.apply_to_model(model, optimizer, constraints=[...])``: they run, in order, after every
 optimizer step and after every direct update, for every rule. Each one is idempotent
 (``project(project(W)) = project(W)``)::
 

@@ -2,7 +2,7 @@
 
 These are thin wrappers: each builds the rule (:class:`~chronograd.rules.OTTT`,
 :class:`~chronograd.rules.SLTT` or :class:`~chronograd.rules.FPTT`) and runs one batch of
-sequences through :func:`~chronograd.rules.run_sequence` with the given optimizer. The model is
+sequences through :func:`~chronograd.training.run_sequence` with the given optimizer. The model is
 a chronograd cell (e.g. :func:`~chronograd.cells.spiking_mlp`); each call starts from the
 model's initial (zero) state, so there is no ``reset_net`` to call.
 
@@ -38,9 +38,9 @@ from chronograd.objectives import Objective
 from chronograd.rules.base import RuleStep
 from chronograd.rules.fptt import FPTT, FPTTCarry
 from chronograd.rules.ottt import OTTT
-from chronograd.rules.run import apply_to_model, run_sequence
 from chronograd.rules.sltt import SLTT
 from chronograd.sequence import Span
+from chronograd.training.apply import apply_to_model, run_sequence
 
 StepLoss = Callable[[Tensor, Tensor], Tensor]
 
@@ -137,7 +137,7 @@ def fptt_online_training(
     """Train ``model`` on one batch of sequences with FPTT, one update per step.
 
     Equivalent to ``FPTT(alpha)`` over the optimizer's parameters driven by
-    :func:`~chronograd.rules.run_sequence` with ``optimizer``; ``w_ra`` is updated in place
+    :func:`~chronograd.training.run_sequence` with ``optimizer``; ``w_ra`` is updated in place
     (its elements are replaced by the new ``W̄``).
 
     Args:
@@ -188,8 +188,8 @@ def ottt_online_training(
 ) -> tuple[Tensor, Tensor]:
     """Train ``model`` on one batch of sequences with OTTT (or SLTT).
 
-    Equivalent to ``OTTT(online=online)`` over the optimizer's parameters driven by
-    :func:`~chronograd.rules.run_sequence` with ``optimizer``: one update per step
+    Equivalent to ``OTTT(chunk_size=1 if online else None)`` over the optimizer's parameters driven by
+    :func:`~chronograd.training.run_sequence` with ``optimizer``: one update per step
     (``online=True``) or one per sequence with the step gradients summed.
 
     Args:
@@ -200,7 +200,7 @@ def ottt_online_training(
         f_loss_t: ``f_loss_t(y_t, target_t) -> scalar`` loss of one step.
         online: update at every step, or once per sequence.
         rule: a configured ``OTTT`` or ``SLTT`` (e.g. ``SLTT()`` for SLTT training, or
-            ``OTTT(trace_input=True)``); its ``online`` and ``params`` are set from the call.
+            ``OTTT(trace_input=True)``); its ``chunk_size`` and ``params`` are set from the call.
 
     Returns:
         ``(loss, outputs)``: the detached sum of the step losses (a scalar tensor) and the
@@ -213,7 +213,7 @@ def ottt_online_training(
     elif not isinstance(rule, (OTTT, SLTT)):
         raise TypeError(f"rule must be an OTTT or SLTT rule, got {type(rule).__name__}")
     names = _optimizer_names(model, optimizer)
-    rule = dataclasses.replace(rule, online=bool(online), params=tuple(names))
+    rule = dataclasses.replace(rule, chunk_size=1 if online else None, params=tuple(names))
     losses: list[Tensor] = []
 
     def chunk_done(span: Span, step: RuleStep) -> None:

@@ -20,7 +20,7 @@ from chronograd.cells.base import State, check_cell
 from chronograd.objectives import Objective
 from chronograd.rules.base import LearningRule
 from chronograd.rules.bptt import BPTT
-from chronograd.rules.run import gradient
+from chronograd.rules.driver import gradient
 
 
 class Alignment(NamedTuple):

@@ -66,7 +66,7 @@ def compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--rule-opt", action="append", default=[], metavar="RULE.KEY=VALUE",
-        help="an option of one rule, e.g. tbptt.k1=50 (repeatable)",
+        help="an option of one rule, e.g. tbptt.chunk_size=50 (repeatable)",
     )  # fmt: skip
     p.add_argument(
         "--task-opt", action="append", default=[], metavar="KEY=VALUE", help="task option"

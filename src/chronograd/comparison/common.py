@@ -34,7 +34,7 @@ from chronograd.tasks.base import Task
 #: Extend with one line per rule (e.g. ``"sltt": lambda T: {"k": max(1, T // 10)}``); user
 #: options (``--rule-opt RULE.KEY=VALUE``) override these.
 RULE_DEFAULTS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "tbptt": lambda T: {"k1": max(1, math.ceil(T / 10))},
+    "tbptt": lambda T: {"chunk_size": max(1, math.ceil(T / 10))},
     # FORCE ("inputs") trains only a readout; the P-preconditioned gradient trains every layer
     "rls": lambda T: {"strategy": "grad"},
 }
@@ -89,13 +89,13 @@ def split_ints(text: str | Sequence[int], name: str) -> list[int]:
 
 
 def rule_options(pairs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{"tbptt.k1": 50}`` -> ``{"tbptt": {"k1": 50}}`` (options addressed to one rule)."""
+    """``{"tbptt.chunk_size": 50}`` -> ``{"tbptt": {"chunk_size": 50}}`` (options addressed to one rule)."""
     out: dict[str, dict[str, Any]] = {}
     for key, value in pairs.items():
         rule, dot, opt = key.partition(".")
         if not dot or not rule or not opt:
             raise ValueError(
-                f"rule option {key!r} must name its rule: RULE.KEY=VALUE, e.g. tbptt.k1=50"
+                f"rule option {key!r} must name its rule: RULE.KEY=VALUE, e.g. tbptt.chunk_size=50"
             )
         out.setdefault(rule.lower().replace("_", "-"), {})[opt] = value
     return out

@@ -17,8 +17,9 @@ import torch
 from chronograd.comparison.common import build_rule, make_task, model_for_task
 from chronograd.models import build_model
 from chronograd.objectives import Objective
-from chronograd.rules import apply_to_model, gradient, run_sequence
+from chronograd.rules import gradient
 from chronograd.sequence import unroll
+from chronograd.training.apply import apply_to_model, run_sequence
 
 
 def compare_setup(

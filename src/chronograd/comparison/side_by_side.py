@@ -74,9 +74,10 @@ from chronograd.comparison.common import (
 )
 from chronograd.comparison.report import write_compare
 from chronograd.objectives import Objective
-from chronograd.rules import BPTT, LearningRule, gradient, run_sequence
+from chronograd.rules import BPTT, LearningRule, gradient
 from chronograd.testing import Alignment, alignment
 from chronograd.training import Event, Trainer
+from chronograd.training.apply import run_sequence
 
 TIMING = "median over training batches of the batch's wall time divided by T (ms per time step)"
 MEMORY = (

@@ -1,21 +1,28 @@
 """Learning rules behind one interface (see :mod:`chronograd.rules.base`).
 
-``get(name, **options)`` builds a rule from its name (used by the CLI); ``RULES`` lists them.
+One file per rule, each opening with its equations; :mod:`~chronograd.rules.driver` runs a rule
+over a sequence. ``get(name, **options)`` builds a rule from its name (used by the CLI; every
+rule's steps per update is its ``chunk_size`` option); ``RULES`` lists them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from chronograd.rules.base import (
+    AfterUpdate,
+    Chunk,
     LearningRule,
+    NonFinite,
+    PersistentCarry,
     RuleStep,
-    default_prepare_batch,
     grads_of,
     select_parameters,
 )
 from chronograd.rules.bptt import BPTT
+from chronograd.rules.driver import NonFiniteError, SequenceResult, Update, drive, gradient
 from chronograd.rules.drtrl import DRTRL
 from chronograd.rules.eprop import EProp
 from chronograd.rules.fptt import FPTT, fptt_load_average
@@ -23,7 +30,6 @@ from chronograd.rules.ottt import OTTT
 from chronograd.rules.pp_prop import ESDRTRL, PPProp
 from chronograd.rules.rls import RLS
 from chronograd.rules.rtrl import RTRL
-from chronograd.rules.run import SequenceResult, apply_to_model, gradient, run_sequence
 from chronograd.rules.sltt import SLTT
 from chronograd.rules.tbptt import TBPTT
 
@@ -48,26 +54,24 @@ def register(name: str, factory: Callable[..., LearningRule]) -> None:
     RULES[name] = factory
 
 
-def chunk_option(name: str) -> str:
-    """The option of rule ``name`` that sets its steps per update (``--chunk`` in the CLI)."""
+def _factory(name: str) -> Callable[..., LearningRule]:
     key = name.lower().replace("_", "-")
     if key not in RULES:
         raise ValueError(f"unknown rule {name!r}; available: {', '.join(sorted(RULES))}")
-    option = getattr(RULES[key], "chunk_option", None)
-    if option is None:
-        raise ValueError(
-            f"rule {name!r} has no steps-per-update option for --chunk; set its own options "
-            "with --rule-opt KEY=VALUE"
-        )
-    return str(option)
+    return RULES[key]
+
+
+def options(name: str) -> list[str]:
+    """The option names of the rule registered as ``name`` (its dataclass fields)."""
+    factory = _factory(name)
+    if not dataclasses.is_dataclass(factory):
+        raise TypeError(f"rule {name!r} is not a dataclass; its options cannot be listed")
+    return [f.name for f in dataclasses.fields(factory) if f.init]
 
 
 def get(name: str, **options: Any) -> LearningRule:
     """Build the rule registered as ``name`` with ``options`` (unknown options raise)."""
-    key = name.lower().replace("_", "-")
-    if key not in RULES:
-        raise ValueError(f"unknown rule {name!r}; available: {', '.join(sorted(RULES))}")
-    return RULES[key](**options)
+    return _factory(name)(**options)
 
 
 __all__ = [
@@ -81,19 +85,23 @@ __all__ = [
     "RULES",
     "SLTT",
     "TBPTT",
+    "AfterUpdate",
+    "Chunk",
     "EProp",
     "LearningRule",
+    "NonFinite",
+    "NonFiniteError",
     "PPProp",
+    "PersistentCarry",
     "RuleStep",
     "SequenceResult",
-    "apply_to_model",
-    "chunk_option",
-    "default_prepare_batch",
+    "Update",
+    "drive",
     "fptt_load_average",
     "get",
     "gradient",
     "grads_of",
+    "options",
     "register",
-    "run_sequence",
     "select_parameters",
 ]

@@ -77,11 +77,6 @@ def trace_dtype_of(rule: Any) -> torch.dtype | None:
     return value if isinstance(value, torch.dtype) else None
 
 
-def check_chunk(value: Any) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"chunk_size must be a positive int (steps per update), got {value!r}")
-
-
 def _key(model: nn.Module, x: Tensor, state: State, trained: Sequence[str]) -> Any:
     params = tuple(
         (n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in model.named_parameters()

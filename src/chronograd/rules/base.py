@@ -1,19 +1,16 @@
 """The learning-rule interface: a rule is a value with an explicit carry (optax style).
 
-A rule owns time within a chunk. The driver (:func:`run_sequence`) splits a sequence into
-chunks of ``rule.chunk_length(T)`` steps (``None``: the whole sequence, offline; ``k``:
-truncated; ``1``: online) and for each chunk calls::
+A rule owns time within a chunk. The driver (:func:`chronograd.rules.driver.drive`) splits a
+sequence into chunks of ``rule.chunk_length(T)`` steps (``chunk_size``: ``None`` = the whole
+sequence, offline; ``k`` = truncated; ``1`` = online) and for each chunk calls::
 
-    step = rule.update(model, xs_chunk, targets_chunk, state, carry, objective, span)
+    step = rule.update(model, Chunk(xs, targets, span), state, carry, objective)
 
 which returns the chunk's gradient (or, for rules such as RLS, direct parameter updates), the
-new model state and carry, the loss and the detached outputs. Gradients are then applied
-(one optimizer step per chunk, or summed over the sequence with ``accumulate=True``) and
-``rule.after_update`` may refresh the carry from the updated parameters (FPTT needs this).
-
-The options every rule shares live on :class:`LearningRule`: which parameters it trains,
-gradient-norm clipping, accumulation across chunks, an exponential moving average of the
-applied gradients, the data's time dimension, and the batch preparation step.
+new model state and carry, the loss and the detached outputs. The driver hands gradients on;
+it never applies them (:mod:`chronograd.training.apply` does). A rule whose carry outlives a
+sequence (RLS's ``P``, e-prop's feedback) also implements :class:`PersistentCarry`; a rule
+that reads the updated weights back (FPTT) implements :class:`AfterUpdate`.
 """
 
 from __future__ import annotations
@@ -33,6 +30,19 @@ from chronograd.sequence import Span
 
 Carry = Any
 Grads = dict[str, Tensor]
+Reduce = Callable[[Grads, int], Grads]
+"""``reduce(grads, batch_size)``: how a gradient computed on this process's batch becomes the
+gradient of the whole batch (identity in one process; an average across ranks when
+data-parallel)."""
+
+
+class Chunk(NamedTuple):
+    """One window of a batch of sequences: ``xs`` ``(T_c, B, I)``, time-first ``targets``
+    (``(T_c, B, ...)`` or a dict of them) and the ``span`` of the sequence they cover."""
+
+    xs: Tensor
+    targets: Any
+    span: Span
 
 
 class RuleStep(NamedTuple):
@@ -44,8 +54,8 @@ class RuleStep(NamedTuple):
         carry: the rule's carry after the chunk.
         loss: detached scalar loss of the chunk (the minimised value).
         outputs: detached outputs of the chunk, ``(T_chunk, B, O)``.
-        updates: direct additive parameter updates (rules without an optimizer, e.g. RLS);
-            applied as ``p += u`` by the driver.
+        updates: direct additive parameter updates (rules without an optimizer, e.g. RLS),
+            applied as ``p += u``.
     """
 
     grads: Grads
@@ -56,24 +66,36 @@ class RuleStep(NamedTuple):
     updates: Grads | None = None
 
 
-def default_prepare_batch(
-    batch: Any, device: torch.device | str | None = None, non_blocking: bool = False
-) -> tuple[Any, Any]:
-    """Split a batch ``(x, y)`` and move it to ``device``."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise ValueError(
-            f"a batch must be a pair (inputs, targets), got {type(batch).__name__}"
-            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-        )
-    from chronograd._tree import tree_map
+@dataclass(frozen=True)
+class NonFinite:
+    """What to do when an update's gradient (or direct update) holds NaN or inf.
 
-    x, y = batch
-    if device is None:
-        return x, y
-    return (
-        tree_map(lambda t: t.to(device, non_blocking=non_blocking), x),
-        tree_map(lambda t: t.to(device, non_blocking=non_blocking), y),
-    )
+    Args:
+        policy: ``"raise"`` (a :class:`~chronograd.rules.driver.NonFiniteError` naming the
+            parameters and steps), ``"skip"`` (drop the update, count it, zero the non-finite
+            entries of carry and state) or ``"replace"`` (``torch.nan_to_num`` of gradient,
+            carry and state with the values below, count it). Counts appear as ``nonfinite``
+            in the trainer's history.
+        nan, posinf, neginf: replacement values for ``"replace"`` (``None``: the dtype's
+            largest finite value, as ``torch.nan_to_num``).
+    """
+
+    policy: Literal["raise", "skip", "replace"] = "raise"
+    nan: float = 0.0
+    posinf: float | None = None
+    neginf: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("raise", "skip", "replace"):
+            raise ValueError(f"nonfinite must be 'raise', 'skip' or 'replace', got {self.policy!r}")
+
+    def repair(self, t: Tensor) -> Tensor:
+        """``t`` with its non-finite entries zeroed (skip) or replaced (replace)."""
+        if not t.is_floating_point():
+            return t
+        if self.policy == "skip":
+            return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+        return torch.nan_to_num(t, nan=self.nan, posinf=self.posinf, neginf=self.neginf)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,43 +105,24 @@ class LearningRule(abc.ABC):
     Args:
         params: names (or ``fnmatch`` patterns such as ``"layers.0.*"``) of the parameters to
             train; ``None`` trains every parameter with ``requires_grad``.
-        clip_grad_norm: clip the global norm of each applied gradient to this value.
-        accumulate: sum the chunk gradients over the sequence and apply them once at its end
-            (default: one update per chunk).
-        grad_ema: if set to ``β ∈ [0, 1)``, the applied gradient is the bias-corrected moving
-            average ``ḡ ← β ḡ + (1-β) g`` of the update gradients within a sequence.
-        time_dim: time dimension of the batches handed to the trainer (moved to 0).
-        prepare_batch: ``(batch, device, non_blocking) -> (x, y)``; default splits a pair.
-        non_blocking: passed to ``prepare_batch`` for asynchronous host-to-device copies.
-        nonfinite: what to do when an update's gradient (or direct update) holds NaN or inf:
-            ``"raise"`` (default: a :class:`~chronograd.rules.run.NonFiniteError` naming the
-            parameters and steps), ``"skip"`` (drop the update, count it, zero the non-finite
-            entries of the carry and state so they do not poison later steps) or ``"replace"``
-            (``torch.nan_to_num`` with ``nan``/``posinf``/``neginf`` on the gradient, carry
-            and state, count it). Counts appear as ``nonfinite`` in the trainer's history.
-        nan, posinf, neginf: replacement values for ``"replace"`` (``None``: the dtype's
-            largest finite value, as ``torch.nan_to_num``).
+        nonfinite: a :class:`NonFinite` policy, or its policy name (``"raise"``, ``"skip"``,
+            ``"replace"``).
     """
 
     needs_optimizer: ClassVar[bool] = True
-    """False for rules that update weights themselves (``RuleStep.updates``, e.g. RLS): the
-    trainer then builds no optimizer by default."""
+    """False for rules that update weights themselves (``RuleStep.updates``): the trainer then
+    builds no optimizer by default, and gradient transforms do not apply."""
 
-    chunk_option: ClassVar[str | None] = None
-    """The name of the option that sets the steps per update (``k1`` for TBPTT), if any: the
-    CLI's ``--chunk K`` sets it."""
+    reducible_updates: ClassVar[bool] = False
+    """True when the direct updates of data-parallel ranks may be averaged into the full-batch
+    update (False: a distributed trainer refuses the rule)."""
+
+    accumulate_refused: ClassVar[str | None] = None
+    """Why the rule needs an update after every chunk (the driver then refuses
+    ``accumulate=True``); ``None``: accumulating chunk gradients is allowed."""
 
     params: tuple[str, ...] | None = None
-    clip_grad_norm: float | None = None
-    accumulate: bool = False
-    grad_ema: float | None = None
-    time_dim: int = 0
-    prepare_batch: Callable[..., tuple[Any, Any]] = default_prepare_batch
-    non_blocking: bool = False
-    nonfinite: Literal["raise", "skip", "replace"] = "raise"
-    nan: float = 0.0
-    posinf: float | None = None
-    neginf: float | None = None
+    nonfinite: NonFinite = NonFinite()
 
     def __post_init__(self) -> None:
         if self.params is not None:
@@ -128,26 +131,18 @@ class LearningRule(abc.ABC):
                     f"params must be a tuple of parameter names or patterns, got {self.params!r}"
                 )
             object.__setattr__(self, "params", tuple(self.params))
-        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
-            raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
-        if self.grad_ema is not None and not 0.0 <= self.grad_ema < 1.0:
-            raise ValueError(f"grad_ema must lie in [0, 1), got {self.grad_ema}")
-        if not isinstance(self.time_dim, int) or self.time_dim < 0:
-            raise ValueError(f"time_dim must be a non-negative int, got {self.time_dim!r}")
-        if self.nonfinite not in ("raise", "skip", "replace"):
-            raise ValueError(
-                f"nonfinite must be 'raise', 'skip' or 'replace', got {self.nonfinite!r}"
-            )
-        if not callable(self.prepare_batch):
+        if isinstance(self.nonfinite, str):
+            object.__setattr__(self, "nonfinite", NonFinite(self.nonfinite))  # type: ignore[arg-type]
+        elif not isinstance(self.nonfinite, NonFinite):
             raise TypeError(
-                "prepare_batch must be callable (batch, device, non_blocking) -> (x, y)"
+                f"nonfinite must be a NonFinite(...) or 'raise'/'skip'/'replace', got "
+                f"{self.nonfinite!r}"
             )
         self._check()
 
     def _check(self) -> None:
-        """Rule-specific validation (override in concrete rules)."""
+        """Rule-specific validation of the options (concrete rules override it)."""
 
-    # -- the protocol ---------------------------------------------------------------------------
     @property
     @abc.abstractmethod
     def chunk_size(self) -> int | None:
@@ -159,47 +154,42 @@ class LearningRule(abc.ABC):
 
     @abc.abstractmethod
     def init(self, model: nn.Module, state: State) -> Carry:
-        """The carry at the start of training (and of :func:`gradient`)."""
-
-    def start_sequence(self, model: nn.Module, state: State, carry: Carry) -> Carry:
-        """The carry at the start of a new sequence; by default a fresh :meth:`init`.
-
-        Rules with parts that persist across sequences (RLS's ``P``, e-prop's random feedback)
-        override this to keep them.
-        """
-        return self.init(model, state)
+        """The carry at the start of a sequence (and of :func:`~chronograd.rules.gradient`)."""
 
     @abc.abstractmethod
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
-        """Process one chunk ``xs`` (``(T_chunk, B, I)``) covering ``span`` of the sequence."""
+        """Process one chunk (``chunk.xs``: ``(T_c, B, I)``) from ``state`` and ``carry``."""
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ``TypeError`` naming the reason and the fix when this rule cannot train ``model``.
 
-        Default: every cell is supported. Rules that need structure (relations, spiking layers,
-        a linear readout) override this and also call it from ``init``; ``chronograd compare``
-        uses it to skip, with the reason, rules that do not apply.
+        Default: every cell is supported. Rules that need structure override this and call it
+        from ``init``; ``chronograd compare`` uses it to skip, with the reason, rules that do
+        not apply.
         """
 
-    def after_update(self, model: nn.Module, carry: Carry) -> Carry:
-        """Called after the driver applied an update; default: carry unchanged."""
-        return carry
+    def trained(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """The parameters this rule trains, by name."""
+        return select_parameters(model, self.params)
+
+
+class PersistentCarry(abc.ABC):
+    """Implemented by rules whose carry (or part of it) outlives a sequence.
+
+    The driver calls :meth:`start_sequence` instead of a fresh ``init`` when a carry is handed
+    on; trainer checkpoints save :meth:`carry_state_dict` and restore it with
+    :meth:`load_carry_state_dict`.
+    """
+
+    @abc.abstractmethod
+    def start_sequence(self, model: nn.Module, state: State, carry: Carry) -> Carry:
+        """The carry for a new sequence, keeping the persistent parts of ``carry``."""
 
     def carry_state_dict(self, carry: Carry) -> dict[str, Any] | None:
-        """The parts of the carry that persist across sequences, for checkpoints.
-
-        Default: nothing persists (the carry is rebuilt at each sequence). The result must be
-        ``torch.load(weights_only=True)``-loadable: tensors, numbers, strings, plain containers.
-        """
+        """The persistent parts of ``carry``, ``torch.load(weights_only=True)``-loadable;
+        ``None``: nothing to checkpoint (what persists is a cache the rule rebuilds)."""
         return None
 
     def load_carry_state_dict(self, model: nn.Module, state: dict[str, Any]) -> Carry:
@@ -209,14 +199,23 @@ class LearningRule(abc.ABC):
     def checkpointed(
         self, part: Literal["carry", "optimizer"], action: Literal["save", "load"]
     ) -> bool:
-        """Whether trainer checkpoints ``save``/``load`` the rule's persistent carry or the
-        optimizer state (default: always; e-prop has switches for both)."""
+        """Whether checkpoints ``save``/``load`` the carry or the optimizer state (default:
+        always; e-prop has switches for both)."""
         return True
 
-    # -- helpers shared by rules ----------------------------------------------------------------
-    def trained(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        """The parameters this rule trains, by name."""
-        return select_parameters(model, self.params)
+
+class AfterUpdate(abc.ABC):
+    """Implemented by rules that refresh their carry from the weights after each update."""
+
+    @abc.abstractmethod
+    def after_update(self, model: nn.Module, carry: Carry, reduce: Reduce) -> Carry:
+        """The carry once an update was applied to ``model`` (``reduce``: see :data:`Reduce`)."""
+
+
+def check_chunk_size(value: Any) -> None:
+    """``chunk_size`` is ``None`` or a positive int (steps per update)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"chunk_size must be a positive int (steps per update), got {value!r}")
 
 
 def select_parameters(

@@ -11,15 +11,15 @@ Werbos (1990), "Backpropagation through time: what it does and how to do it".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, final
+from typing import final
 
-from torch import Tensor, nn
+from torch import nn
 
 from chronograd._tree import detach
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules.base import Carry, LearningRule, RuleStep, grads_of
-from chronograd.sequence import Span, unroll
+from chronograd.rules.base import Carry, Chunk, LearningRule, RuleStep, grads_of
+from chronograd.sequence import unroll
 
 
 @final
@@ -50,15 +50,9 @@ class BPTT(LearningRule):
         return ()
 
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
+        xs, targets, span = chunk
         params = self.trained(model)
         outputs, new_state = unroll(model, xs, state, checkpoint=self.checkpoint)
         loss = objective.loss(outputs, targets, start=span.start, total=span.total)

@@ -38,7 +38,7 @@ with random feedback" (RFLO); braintrace (github.com/chaobrain/braintrace), ``D_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, final
+from typing import Literal, final
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +50,6 @@ from chronograd.rules._traces import (
     TraceCarry,
     add_grad,
     bias_traces,
-    check_chunk,
     check_trace_dtype,
     check_trace_model,
     graph_for,
@@ -60,8 +59,7 @@ from chronograd.rules._traces import (
     run_chunk,
     trace_dtype_of,
 )
-from chronograd.rules.base import Carry, LearningRule, RuleStep
-from chronograd.sequence import Span
+from chronograd.rules.base import Carry, Chunk, LearningRule, RuleStep, check_chunk_size
 from chronograd.traces.graph import TraceGraph
 from chronograd.traces.structure import TraceBlock
 
@@ -84,8 +82,6 @@ class DRTRL(LearningRule):
     """
 
     mode: Literal["single-step", "multi-step"] = "single-step"
-    chunk_option: ClassVar[str | None] = "chunk_size"
-
     chunk_size: int | None = None
     trace_dtype: torch.dtype | str | None = None
     readout: Literal["state", "filter"] = "state"
@@ -95,7 +91,7 @@ class DRTRL(LearningRule):
             raise ValueError(f"mode must be 'single-step' or 'multi-step', got {self.mode!r}")
         if self.readout not in ("state", "filter"):
             raise ValueError(f"readout must be 'state' or 'filter', got {self.readout!r}")
-        check_chunk(self.chunk_size)
+        check_chunk_size(self.chunk_size)
         object.__setattr__(self, "trace_dtype", check_trace_dtype(self.trace_dtype))
 
     def check_model(self, model: nn.Module) -> None:
@@ -108,15 +104,9 @@ class DRTRL(LearningRule):
         return TraceCarry()
 
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
+        xs, targets, span = chunk
         dtype = trace_dtype_of(self)
         params = self.trained(model)
         target = None

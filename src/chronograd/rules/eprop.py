@@ -34,16 +34,17 @@ NeuroTorch's ``Eprop`` (seed 000) is the reference for the options; its gradient
 paper's (batch-summed traces, no eligibility-vector recursion, one feedback matrix per
 parameter). Its options map as: ``params_lr``/``output_params_lr`` ->
 :meth:`EProp.param_groups`/:meth:`EProp.optimizer`; ``eligibility_traces_norm_clip_value`` ->
-``trace_norm_clip``; ``grad_norm_clip_value`` -> ``clip_grad_norm``; ``feedbacks_gen_strategy``
--> ``feedback_init``; ``nan``/``posinf``/``neginf``/``raise_non_finite_errors`` -> ``nonfinite``
-with ``nan``/``posinf``/``neginf``; ``save_state``/``load_state`` -> the same names.
+``trace_norm_clip``; ``grad_norm_clip_value`` -> the trainer's
+``transform=clip_by_global_norm(c)``; ``feedbacks_gen_strategy`` -> ``feedback_init``;
+``nan``/``posinf``/``neginf``/``raise_non_finite_errors`` -> ``nonfinite=NonFinite(policy, nan,
+posinf, neginf)``; ``save_state``/``load_state`` -> the same names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NamedTuple, final
+from typing import Any, Literal, NamedTuple, final
 
 import torch
 from torch import Tensor, nn
@@ -52,15 +53,23 @@ from chronograd.cells.base import State
 from chronograd.objectives import Objective
 from chronograd.rules._eprop_net import HIDDEN_ROLES, network
 from chronograd.rules._eprop_run import online_chunk, reverse_chunk
-from chronograd.rules._traces import check_chunk, check_trace_dtype
-from chronograd.rules.base import Carry, LearningRule, RuleStep
+from chronograd.rules._traces import check_trace_dtype
+from chronograd.rules.base import (
+    AfterUpdate,
+    Carry,
+    Chunk,
+    LearningRule,
+    PersistentCarry,
+    Reduce,
+    RuleStep,
+    check_chunk_size,
+)
 from chronograd.rules.eprop_feedback import (
     FEEDBACKS,
     adaptive_step,
     check_generator,
     random_feedback,
 )
-from chronograd.sequence import Span
 
 
 class EPropCarry(NamedTuple):
@@ -80,7 +89,7 @@ class EPropCarry(NamedTuple):
 
 @final
 @dataclass(frozen=True)
-class EProp(LearningRule):
+class EProp(LearningRule, PersistentCarry, AfterUpdate):
     """e-prop for ``Stack(LIF or ALIF, LeakyReadout)`` (see the module docstring).
 
     Args:
@@ -108,11 +117,9 @@ class EProp(LearningRule):
             (NeuroTorch's switches).
         save_feedback, load_feedback: whether trainer checkpoints save / restore ``B``
             (without it, ``B`` is drawn again from its seed).
-        (plus the options shared by every rule, see :class:`LearningRule`: ``clip_grad_norm``,
-        ``nonfinite`` with ``nan``/``posinf``/``neginf``, ``params``...)
+        (plus the options shared by every rule, see :class:`LearningRule`: ``params``,
+        ``nonfinite``)
     """
-
-    chunk_option: ClassVar[str | None] = "chunk_size"
 
     feedback: Literal["symmetric", "random", "adaptive"] = "symmetric"
     feedback_init: str = "xavier_normal"
@@ -144,7 +151,7 @@ class EProp(LearningRule):
             raise ValueError(f"feedback_decay must lie in [0, 1), got {self.feedback_decay!r}")
         if not isinstance(self.feedback_seed, int) or isinstance(self.feedback_seed, bool):
             raise TypeError(f"feedback_seed must be an int, got {self.feedback_seed!r}")
-        check_chunk(self.chunk_size)
+        check_chunk_size(self.chunk_size)
         if self.method not in ("auto", "traces", "reverse"):
             raise ValueError(f"method must be 'auto', 'traces' or 'reverse', got {self.method!r}")
         if self.method == "reverse" and (
@@ -203,22 +210,16 @@ class EProp(LearningRule):
         return carry.feedback
 
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
+        xs, targets, span = chunk
         net = network(model)
         params = self.trained(model)
         fb = self.feedback_matrix(model, carry)
         run = reverse_chunk if self.evaluation == "reverse" else online_chunk
         return run(self, net, params, xs, targets, state, carry, objective, span, fb)
 
-    def after_update(self, model: nn.Module, carry: Carry) -> Carry:
+    def after_update(self, model: nn.Module, carry: Carry, reduce: Reduce) -> Carry:
         if self.feedback != "adaptive" or not isinstance(carry, EPropCarry):
             return carry
         assert carry.feedback is not None and carry.w_out is not None

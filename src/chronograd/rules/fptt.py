@@ -50,7 +50,18 @@ from torch import Tensor, nn
 from chronograd._tree import detach
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules.base import Carry, Grads, LearningRule, RuleStep, grads_of
+from chronograd.rules.base import (
+    AfterUpdate,
+    Carry,
+    Chunk,
+    Grads,
+    LearningRule,
+    PersistentCarry,
+    Reduce,
+    RuleStep,
+    check_chunk_size,
+    grads_of,
+)
 from chronograd.sequence import Span, unroll
 
 
@@ -80,24 +91,27 @@ class FPTTCarry(NamedTuple):
 
 @final
 @dataclass(frozen=True)
-class FPTT(LearningRule):
+class FPTT(LearningRule, PersistentCarry, AfterUpdate):
     """Forward propagation through time (see the module docstring for the equations).
 
     Args:
         alpha: ``α > 0``, the strength of the dynamic regulariser (a sum over elements).
-        chunk: steps per update ``K`` (BPTT inside a chunk; 1: per step).
+        chunk_size: steps per update ``K`` (BPTT inside a chunk; 1: per step).
         form: ``"dual"`` (default; one forward and one backward pass per chunk) or
             ``"two_pass"`` (Algorithm 1: a second forward and backward pass per chunk).
         correction: ``c``, the weight of the previous gradient in the regulariser (``½``: the
             paper; ``1``: the authors' released code).
-        (plus the options shared by every rule, see :class:`LearningRule`; ``clip_grad_norm``
-        clips the gradient of ``ℓ^R_t``)
+        (plus the options shared by every rule, see :class:`LearningRule`; a trainer's
+        ``transform=clip_by_global_norm(c)`` clips the gradient of ``ℓ^R_t``)
     """
 
-    alpha: float = 0.1
-    chunk_option: ClassVar[str | None] = "chunk"
+    accumulate_refused: ClassVar[str | None] = (
+        "FPTT regularises every update towards the running average of the previous ones; one "
+        "update per sequence removes that. Use chunk_size=K for fewer updates"
+    )
 
-    chunk: int = 1
+    alpha: float = 0.1
+    chunk_size: int = 1
     form: Literal["dual", "two_pass"] = "dual"
     correction: float = 0.5
 
@@ -106,22 +120,13 @@ class FPTT(LearningRule):
             raise TypeError(f"alpha must be a number, got {self.alpha!r}")
         if not (self.alpha > 0 and math.isfinite(self.alpha)):
             raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
-        if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 1:
-            raise ValueError(f"chunk must be a positive int (steps per update), got {self.chunk!r}")
+        if self.chunk_size is None:
+            raise ValueError("FPTT updates after every chunk: chunk_size must be a positive int")
+        check_chunk_size(self.chunk_size)
         if self.form not in ("dual", "two_pass"):
             raise ValueError(f"form must be 'dual' or 'two_pass', got {self.form!r}")
         if not (self.correction > 0 and math.isfinite(self.correction)):
             raise ValueError(f"correction must be a finite number > 0, got {self.correction}")
-        if self.accumulate:
-            raise ValueError(
-                "FPTT regularises every update towards the running average of the previous "
-                "ones; accumulate=True (one update per sequence) removes that. Use chunk=K for "
-                "fewer updates"
-            )
-
-    @property
-    def chunk_size(self) -> int | None:
-        return self.chunk
 
     def init(self, model: nn.Module, state: State) -> Carry:
         """``W̄_1 = W_1`` (the current values of the trained parameters), ``λ_1 = 0``."""
@@ -152,15 +157,9 @@ class FPTT(LearningRule):
         return FPTTCarry(c.w_bar, c.lam, None)
 
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
+        xs, targets, span = chunk
         c: FPTTCarry = carry
         live = self.trained(model)
         outputs, new_state = unroll(model, xs, state)
@@ -186,7 +185,7 @@ class FPTT(LearningRule):
         terms = [((p - c.w_bar[n] - c.lam[n] / self.alpha) ** 2).sum() for n, p in live.items()]
         return 0.5 * self.alpha * torch.stack(terms).sum()
 
-    def after_update(self, model: nn.Module, carry: Carry) -> Carry:
+    def after_update(self, model: nn.Module, carry: Carry, reduce: Reduce) -> Carry:
         c: FPTTCarry = carry
         live = self.trained(model)
         cc = self.correction
@@ -197,10 +196,7 @@ class FPTT(LearningRule):
             outs, _ = unroll(model, p.xs, p.state)  # W_{t+1} from h_{t-1}
             loss = p.objective.loss(outs, p.targets, start=p.span.start, total=p.span.total)
             g: Grads = grads_of(loss, dict(live), p.objective)
-            # data-parallel training: average over ranks, as the trainer does for RuleStep.grads
-            from chronograd.training.distributed import reduce_gradients
-
-            g = reduce_gradients(g, float(p.xs.shape[1]))
+            g = reduce(g, p.xs.shape[1])  # data-parallel: the full batch's gradient
             with torch.no_grad():
                 lam = {n: cc * g[n] for n in live}
         else:

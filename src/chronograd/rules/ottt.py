@@ -35,9 +35,10 @@ Choices stated:
   map's ``∂u/∂W`` needs.
 * Parameters outside any relation (a trainable threshold, say) get their instantaneous,
   same-step gradient.
-* ``online=True``: one update per step (chunk 1, each step's loss normalised as its own window,
-  like TBPTT(1)). ``online=False`` (default): steps are still processed one by one with flat
-  memory, their gradients summed, one update per sequence with the whole-sequence weights.
+* ``chunk_size=1``: one update per step (each step's loss normalised as its own window, like
+  TBPTT(1)); ``chunk_size=k`` one every ``k`` steps. ``chunk_size=None`` (default): steps are
+  still processed one by one with flat memory, their gradients summed, one update per sequence
+  with the whole-sequence weights.
 
 The weight gradient is produced by a small autograd function (value ``W z + b``, input gradient
 ``Wᵀ δ``, weight gradient ``δᵀ â``), so there is no extra forward matmul.
@@ -61,9 +62,15 @@ from torch.func import functional_call
 
 from chronograd.cells.base import Map, State, is_cell, param_like
 from chronograd.objectives import Objective
-from chronograd.rules.base import Carry, LearningRule, RuleStep
+from chronograd.rules.base import (
+    Carry,
+    Chunk,
+    LearningRule,
+    PersistentCarry,
+    RuleStep,
+    check_chunk_size,
+)
 from chronograd.rules.instantaneous import instantaneous_window
-from chronograd.sequence import Span
 from chronograd.traces.intercept import LinearCall, find_relations, intercept_linears
 
 Key = tuple[str, int]  # (weight name, position of the call in the step)
@@ -239,12 +246,13 @@ class OTTTCarry(NamedTuple):
 
 @final
 @dataclass(frozen=True)
-class OTTT(LearningRule):
+class OTTT(LearningRule, PersistentCarry):
     """Online training through time (presynaptic traces, spatial backprop only).
 
     Args:
-        online: one update per step (``True``) or one per sequence with the step gradients
-            summed (``False``, default). Memory is flat in ``T`` either way.
+        chunk_size: steps per update: ``1`` (online, one update per step), ``k``, or ``None``
+            (default: one per sequence, the step gradients summed). Memory is flat in ``T``
+            either way.
         decay: ``λ`` of the traces: ``None`` (default) uses the decay of the population each
             map feeds; a float for every relation; or ``{weight-name pattern: λ}`` (patterns
             not matched fall back to the default).
@@ -253,13 +261,12 @@ class OTTT(LearningRule):
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
-    online: bool = False
+    chunk_size: int | None = None
     decay: float | Mapping[str, float] | tuple[tuple[str, float], ...] | None = None
     trace_input: bool = False
 
     def _check(self) -> None:
-        if not isinstance(self.online, bool):
-            raise TypeError(f"online must be a bool, got {self.online!r}")
+        check_chunk_size(self.chunk_size)
         if isinstance(self.decay, Mapping):
             object.__setattr__(self, "decay", tuple((str(k), v) for k, v in self.decay.items()))
         values: list[Any]
@@ -274,15 +281,6 @@ class OTTT(LearningRule):
                 raise ValueError(f"a trace decay must be a number in [0, 1], got {v!r}")
             if math.isnan(v):
                 raise ValueError("a trace decay must not be NaN")
-        if self.accumulate and self.online:
-            raise ValueError(
-                "OTTT(online=True, accumulate=True) contradicts itself; use online=False for one "
-                "update per sequence"
-            )
-
-    @property
-    def chunk_size(self) -> int | None:
-        return 1 if self.online else None
 
     def _decay(self) -> float | tuple[tuple[str, float], ...] | None:
         return self.decay  # type: ignore[return-value]  # normalised in _check
@@ -311,15 +309,9 @@ class OTTT(LearningRule):
         return OTTTCarry({}, c.raw, c.decays)
 
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
+        xs, targets, span = chunk
         c: OTTTCarry = carry
         live = self.trained(model)
         named = dict(model.named_parameters())

@@ -23,7 +23,7 @@ With ``α = 0`` the rule is the one-step-truncated gradient (TBPTT(1)) of every 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, final
+from typing import final
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,6 @@ from chronograd.objectives import Objective
 from chronograd.rules._traces import (
     TraceCarry,
     add_grad,
-    check_chunk,
     check_trace_dtype,
     check_trace_model,
     neuron_traces,
@@ -41,8 +40,7 @@ from chronograd.rules._traces import (
     small_traces,
     trace_dtype_of,
 )
-from chronograd.rules.base import Carry, LearningRule, RuleStep
-from chronograd.sequence import Span
+from chronograd.rules.base import Carry, Chunk, LearningRule, RuleStep, check_chunk_size
 from chronograd.traces.graph import TraceGraph
 from chronograd.traces.structure import TraceBlock
 
@@ -64,8 +62,6 @@ class PPProp(LearningRule):
 
     decay: float | None = None
     rank: int | None = None
-    chunk_option: ClassVar[str | None] = "chunk_size"
-
     chunk_size: int | None = None
     trace_dtype: torch.dtype | str | None = None
 
@@ -80,7 +76,7 @@ class PPProp(LearningRule):
             not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1
         ):
             raise ValueError(f"rank must be an int >= 1, got {self.rank!r}")
-        check_chunk(self.chunk_size)
+        check_chunk_size(self.chunk_size)
         object.__setattr__(self, "trace_dtype", check_trace_dtype(self.trace_dtype))
 
     @property
@@ -98,15 +94,9 @@ class PPProp(LearningRule):
         return TraceCarry()
 
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
+        xs, targets, span = chunk
         dtype = trace_dtype_of(self)
         alpha = self.alpha
 

@@ -36,8 +36,8 @@ multiplies ``P`` by ``λ``. Here every strategy converges, a batch is ``B`` rank
 one Woodbury rank-``B`` update (same result), and ``P`` divides by ``λ``.
 
 RLS writes its changes into ``RuleStep.updates`` (no gradient, no optimizer): train with
-``Trainer(model, RLS(...), objective, optimizer=False)`` or ``run_sequence(..., apply=
-apply_to_model(model, None))``. ``gradient()`` has nothing to report for RLS.
+``Trainer(model, RLS(...), objective, optimizer=False)`` or ``chronograd.training.run_sequence(...,
+apply=apply_to_model(model, None))``. ``gradient()`` has nothing to report for RLS.
 """
 
 from __future__ import annotations
@@ -52,7 +52,14 @@ from torch import Tensor, nn
 from chronograd._tree import detach
 from chronograd.cells.base import State, check_cell, param_like
 from chronograd.objectives import Objective
-from chronograd.rules.base import Carry, LearningRule, RuleStep
+from chronograd.rules.base import (
+    Carry,
+    Chunk,
+    LearningRule,
+    PersistentCarry,
+    RuleStep,
+    check_chunk_size,
+)
 from chronograd.rules.rls_core import BatchUpdate, format_bytes, initial_p, p_bytes, rls_steps_
 from chronograd.rules.rls_signals import (
     grad_loss,
@@ -63,7 +70,6 @@ from chronograd.rules.rls_signals import (
     linear_rows,
     run_steps,
 )
-from chronograd.sequence import Span
 from chronograd.traces.intercept import find_relations
 
 STRATEGIES = ("inputs", "outputs", "grad", "jacobian", "scaled_jacobian")
@@ -93,7 +99,7 @@ class RLSCarry(NamedTuple):
 
 @final
 @dataclass(frozen=True)
-class RLS(LearningRule):
+class RLS(LearningRule, PersistentCarry):
     """Recursive least squares / FORCE (see the module docstring for the equations).
 
     Args:
@@ -101,23 +107,26 @@ class RLS(LearningRule):
             ``"scaled_jacobian"``.
         delta: ``δ > 0``; ``P_0 = I/δ`` (the ridge penalty of the first update).
         forgetting: ``λ ∈ (0, 1]``; ``P`` is divided by ``λ`` at each step (1: no forgetting).
-        every_k_steps: steps per update (the rule's ``chunk_size``; None: one update per
-            sequence). An update uses every step of its chunk, in order.
+        chunk_size: steps per update (None: one update per sequence). An update uses every
+            step of its chunk, in order.
         batch_update: ``"sequential"`` (``B`` rank-1 updates per step) or ``"woodbury"`` (one
             rank-``B`` update); equal up to rounding.
         max_p_bytes: refuse (``ValueError``) to build a ``P`` larger than this.
         p_dtype: ``"float32"`` / ``"float64"`` for ``P`` (default: the parameter's dtype).
-        (plus ``params`` and ``time_dim``/``prepare_batch``/``non_blocking``, see
-        :class:`LearningRule`; gradient options do not apply and raise)
+        (plus ``params`` and ``nonfinite``, see :class:`LearningRule`; gradient transforms
+        and ``accumulate`` do not apply and raise)
     """
 
     needs_optimizer: ClassVar[bool] = False
-    chunk_option: ClassVar[str | None] = "every_k_steps"
+    accumulate_refused: ClassVar[str | None] = (
+        "RLS updates the weights itself after every chunk and produces no gradient to "
+        "accumulate; set chunk_size=None for one update per sequence"
+    )
 
     strategy: str = "inputs"
     delta: float = 1.0
     forgetting: float = 1.0
-    every_k_steps: int | None = 1
+    chunk_size: int | None = 1
     batch_update: BatchUpdate = "sequential"
     max_p_bytes: int = 2**30
     p_dtype: str | None = None
@@ -137,9 +146,7 @@ class RLS(LearningRule):
             raise ValueError(
                 f"forgetting must lie in (0, 1] (1: no forgetting), got {self.forgetting}"
             )
-        k = self.every_k_steps
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-            raise ValueError(f"every_k_steps must be a positive int or None, got {k!r}")
+        check_chunk_size(self.chunk_size)
         if self.batch_update not in ("sequential", "woodbury"):
             raise ValueError(
                 f"batch_update must be 'sequential' or 'woodbury', got {self.batch_update!r}"
@@ -148,20 +155,6 @@ class RLS(LearningRule):
             raise ValueError(f"max_p_bytes must be a positive int, got {self.max_p_bytes!r}")
         if self.p_dtype is not None and self.p_dtype not in _DTYPES:
             raise ValueError(f"p_dtype must be None, 'float32' or 'float64', got {self.p_dtype!r}")
-        for name, value in (
-            ("accumulate", self.accumulate),
-            ("grad_ema", self.grad_ema),
-            ("clip_grad_norm", self.clip_grad_norm),
-        ):
-            if value not in (None, False):
-                raise ValueError(
-                    f"RLS updates the weights itself and produces no gradient, so {name} does "
-                    f"not apply; leave it unset (got {name}={value!r})"
-                )
-
-    @property
-    def chunk_size(self) -> int | None:
-        return self.every_k_steps
 
     # -- model checks ---------------------------------------------------------------------------
     def check_model(self, model: nn.Module) -> None:
@@ -307,15 +300,9 @@ class RLS(LearningRule):
             )
 
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
+        xs, targets, span = chunk
         self._check_objective(objective)
         if not isinstance(targets, Tensor):
             raise TypeError("RLS needs tensor targets (T, B, O), not a dict")

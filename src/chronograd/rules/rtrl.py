@@ -22,7 +22,7 @@ networks", Neural Computation 1(2).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, final
+from typing import Any, final
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +31,15 @@ from torch.func import functional_call, jvp, vmap
 from chronograd._tree import detach, tree_leaves, tree_map, tree_stack, tree_unflatten
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules._traces import check_chunk, check_trace_dtype, time_slice, trace_dtype_of
-from chronograd.rules.base import Carry, LearningRule, RuleStep, penalty_grads
-from chronograd.sequence import Span
+from chronograd.rules._traces import check_trace_dtype, time_slice, trace_dtype_of
+from chronograd.rules.base import (
+    Carry,
+    Chunk,
+    LearningRule,
+    RuleStep,
+    check_chunk_size,
+    penalty_grads,
+)
 
 
 @final
@@ -49,14 +55,12 @@ class RTRL(LearningRule):
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
-    chunk_option: ClassVar[str | None] = "chunk_size"
-
     chunk_size: int | None = None
     directions: int = 512
     trace_dtype: torch.dtype | str | None = None
 
     def _check(self) -> None:
-        check_chunk(self.chunk_size)
+        check_chunk_size(self.chunk_size)
         object.__setattr__(self, "trace_dtype", check_trace_dtype(self.trace_dtype))
         if not isinstance(self.directions, int) or self.directions < 1:
             raise ValueError(f"directions must be a positive int, got {self.directions!r}")
@@ -68,15 +72,9 @@ class RTRL(LearningRule):
         return trace_dtype_of(self) or like.dtype
 
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
+        xs, targets, span = chunk
         params = self.trained(model)
         names = list(params)
         sizes = [params[n].numel() for n in names]

@@ -7,7 +7,7 @@ instantaneous presynaptic input::
     ∇W_l += δ_{l,t}ᵀ s_{l-1,t}        δ_{l,t} = ∂(w_t ℓ_t)/∂u_{l,t} through step t only
 
 (autograd of the step with the state detached computes exactly this). Memory is flat in ``T``.
-With ``online=True`` (one update per step, each step's loss its own window) it is TBPTT(1).
+With ``chunk_size=1`` (one update per step, each step's loss its own window) it is TBPTT(1).
 
 SLTT-K (``k=K``) back-propagates at only ``K`` steps per sequence, drawn uniformly without
 replacement among the steps that carry loss, from a seeded generator kept in the carry (so a
@@ -28,9 +28,15 @@ from torch import Tensor, nn
 
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules.base import Carry, LearningRule, RuleStep
+from chronograd.rules.base import (
+    Carry,
+    Chunk,
+    LearningRule,
+    PersistentCarry,
+    RuleStep,
+    check_chunk_size,
+)
 from chronograd.rules.instantaneous import instantaneous_window
-from chronograd.sequence import Span
 
 
 class SLTTCarry(NamedTuple):
@@ -47,18 +53,19 @@ class SLTTCarry(NamedTuple):
 
 @final
 @dataclass(frozen=True)
-class SLTT(LearningRule):
+class SLTT(LearningRule, PersistentCarry):
     """Spatial learning through time; ``k=K`` gives SLTT-K.
 
     Args:
         k: back-propagate at ``K`` randomly chosen steps per sequence (``None``: every step).
-        online: one update per step (``True``; not with ``k``) or one per sequence (default).
+        chunk_size: steps per update: ``1`` (online), ``k``, or ``None`` (default: one update
+            per sequence; the only choice with ``k``).
         seed: seed of SLTT-K's step generator.
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
     k: int | None = None
-    online: bool = False
+    chunk_size: int | None = None
     seed: int = 0
 
     def _check(self) -> None:
@@ -66,24 +73,15 @@ class SLTT(LearningRule):
             not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1
         ):
             raise ValueError(f"k must be a positive int (steps with a graph), got {self.k!r}")
-        if not isinstance(self.online, bool):
-            raise TypeError(f"online must be a bool, got {self.online!r}")
-        if self.k is not None and self.online:
+        check_chunk_size(self.chunk_size)
+        if self.k is not None and self.chunk_size is not None:
             raise ValueError(
                 "SLTT(k=...) draws its K steps per sequence and applies one update per sequence; "
-                "online=True would apply zero updates at the other steps (which still move "
-                "momentum optimizers). Use SLTT(k=K) or SLTT(online=True)"
-            )
-        if self.accumulate and self.online:
-            raise ValueError(
-                "SLTT(online=True, accumulate=True) contradicts itself; use online=False"
+                f"chunk_size={self.chunk_size} would apply zero updates at the other steps (which "
+                "still move momentum optimizers). Use SLTT(k=K) or SLTT(chunk_size=...)"
             )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
-
-    @property
-    def chunk_size(self) -> int | None:
-        return 1 if self.online else None
 
     def init(self, model: nn.Module, state: State) -> Carry:
         if self.k is None:
@@ -97,15 +95,9 @@ class SLTT(LearningRule):
         return SLTTCarry(c.rng, 0)
 
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
+        xs, targets, span = chunk
         c: SLTTCarry = carry
         rng = c.rng
         select = None

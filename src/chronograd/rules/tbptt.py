@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, final
+from typing import Any, NamedTuple, final
 
 import torch
 from torch import Tensor, nn
@@ -30,8 +30,8 @@ from torch.func import functional_call
 from chronograd._tree import detach
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules.base import Carry, LearningRule, RuleStep, grads_of
-from chronograd.sequence import Span, unroll, unroll_states
+from chronograd.rules.base import Carry, Chunk, LearningRule, RuleStep, grads_of
+from chronograd.sequence import unroll, unroll_states
 
 
 class _Past(NamedTuple):
@@ -58,37 +58,40 @@ class _Unroll(nn.Module):
 class TBPTT(LearningRule):
     """Truncated BPTT: update every ``k1`` steps, back-propagating through ``k2 ≥ k1`` steps.
 
+    ``TBPTT(k1, k2)`` is the Williams–Peng spelling: the first argument, ``k1``, is the rule's
+    ``chunk_size`` (steps per update, the option every rule shares).
+
     Args:
-        k1: steps between updates (``None``: ``ceil(auto_ratio * T)``).
+        chunk_size: ``k1``, steps between updates (``None``: ``ceil(auto_ratio * T)``).
         k2: steps back-propagated through (``None``: ``k1``). Must be ``≥ k1``.
-        auto_ratio: fraction of ``T`` used when ``k1`` is None.
+        auto_ratio: fraction of ``T`` used when ``chunk_size`` is None.
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
-    chunk_option: ClassVar[str | None] = "k1"
-
-    k1: int | None = None
+    chunk_size: int | None = None
     k2: int | None = None
     auto_ratio: float = 0.1
 
+    @property
+    def k1(self) -> int | None:
+        """Williams & Peng's name for :attr:`chunk_size`."""
+        return self.chunk_size
+
     def _check(self) -> None:
-        for name in ("k1", "k2"):
-            v = getattr(self, name)
+        for name, v in (("k1", self.chunk_size), ("k2", self.k2)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{name} must be a positive int (steps), got {v!r}")
+                raise ValueError(
+                    f"{name} must be a positive int (steps; k1 is TBPTT's chunk_size), got {v!r}"
+                )
         if self.k1 is not None and self.k2 is not None and self.k1 > self.k2:
             raise ValueError(
                 f"TBPTT needs k1 <= k2 (update every k1 steps, back-propagate through k2 >= k1), "
                 f"got k1={self.k1} > k2={self.k2}"
             )
         if self.k1 is None and self.k2 is not None:
-            raise ValueError("set k1 when setting k2 (or neither, to use auto_ratio)")
+            raise ValueError("set k1 (chunk_size) when setting k2 (or neither, to use auto_ratio)")
         if not 0.0 < self.auto_ratio <= 1.0:
             raise ValueError(f"auto_ratio must lie in (0, 1], got {self.auto_ratio}")
-
-    @property
-    def chunk_size(self) -> int | None:
-        return self.k1
 
     def chunk_length(self, total: int) -> int | None:
         return self.k1 if self.k1 is not None else max(1, math.ceil(self.auto_ratio * total))
@@ -102,15 +105,9 @@ class TBPTT(LearningRule):
         return ()  # tuple of _Past, oldest first
 
     def update(
-        self,
-        model: nn.Module,
-        xs: Tensor,
-        targets: Any,
-        state: State,
-        carry: Carry,
-        objective: Objective,
-        span: Span,
+        self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
+        xs, targets, span = chunk
         live = self.trained(model)
         if self.history == 0:
             outputs, new_state = unroll(model, xs, state)

@@ -7,8 +7,9 @@ flattened bucket: ``g = Σ_r B_r g_r / Σ_r B_r`` with ``B_r`` the local batch s
 averaging convention; for ``reduction="mean"`` objectives with equal per-sample masks it equals
 the gradient of the full batch exactly). Parameters and buffers, and the rule's persistent carry
 (e.g. random feedback matrices), are broadcast from rank 0 when training starts. Rules that
-update weights directly (``RuleStep.updates``, e.g. RLS) are refused unless they set
-``distributed_updates = True`` and combine their own statistics.
+update weights directly (``RuleStep.updates``, e.g. RLS) are refused unless they declare
+``reducible_updates = True``. Rules that compute a gradient after an update (FPTT's two-pass
+form) get the same average through the driver's ``reduce``.
 
 Launch with ``torchrun --nproc-per-node N -m chronograd train ...`` (one node) or, on several
 nodes, ``torchrun --nnodes M --nproc-per-node N --node-rank K --rdzv-backend c10d
@@ -32,8 +33,6 @@ from torch import Tensor, nn
 
 from chronograd._tree import tree_leaves, tree_unflatten
 
-_ACTIVE: DistributedContext | None = None
-
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -45,16 +44,6 @@ class DistributedContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def active() -> DistributedContext | None:
-    """The context of the ``fit`` running in this process, if it is distributed."""
-    return _ACTIVE
-
-
-def set_active(ctx: DistributedContext | None) -> None:
-    global _ACTIVE
-    _ACTIVE = ctx
 
 
 def setup(mode: bool | str | None, device: torch.device) -> DistributedContext | None:
@@ -133,14 +122,6 @@ def average(grads: Mapping[str, Tensor], weight: float) -> dict[str, Tensor]:
     return out
 
 
-def reduce_gradients(grads: Mapping[str, Tensor], weight: float = 1.0) -> dict[str, Tensor]:
-    """Average a gradient across ranks when a distributed ``fit`` is running; else unchanged.
-
-    For rules that compute gradients outside ``RuleStep.grads`` (e.g. FPTT's correction pass).
-    """
-    return dict(grads) if _ACTIVE is None else average(grads, weight)
-
-
 def reduce_sums(values: Mapping[str, float]) -> dict[str, float]:
     """Sum scalars across ranks (epoch totals: loss·samples, samples, metric sums)."""
     names = list(values)
@@ -158,3 +139,26 @@ def shard(batches: Iterable[Any], ctx: DistributedContext) -> Iterator[Any]:
         if len(group) == ctx.world_size:
             yield group[ctx.rank]
             group = []
+
+
+def rank_batches(
+    batches: Iterable[Any], ctx: DistributedContext | None, shard_data: bool, epoch: int
+) -> Iterable[Any]:
+    """This rank's batches of ``batches`` (all of them when not distributed or not sharded).
+
+    A DataLoader must shard itself with a ``DistributedSampler`` (its epoch is set here);
+    other iterables are dealt round-robin by :func:`shard`.
+    """
+    if ctx is None or not shard_data:
+        return batches
+    if isinstance(batches, torch.utils.data.DataLoader):
+        sampler = batches.sampler
+        if not isinstance(sampler, torch.utils.data.DistributedSampler):
+            raise ValueError(
+                "in distributed mode a DataLoader needs a DistributedSampler: "
+                "DataLoader(dataset, sampler=DistributedSampler(dataset), ...) (or pass "
+                "shard=False if each rank's loader already yields its own data)"
+            )
+        sampler.set_epoch(epoch)
+        return batches
+    return shard(batches, ctx)

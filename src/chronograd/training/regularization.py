@@ -56,7 +56,7 @@ class RegularizerStep:
 
     def attach(self, trainer: Any) -> RegularizerStep:
         self.regularizer.to(trainer.device)
-        event = Event.BATCH_COMPLETED if trainer.rule.accumulate else Event.CHUNK_COMPLETED
+        event = Event.BATCH_COMPLETED if trainer.accumulate else Event.CHUNK_COMPLETED
         trainer.add_handler(event, self)
         return self
 

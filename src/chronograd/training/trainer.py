@@ -17,9 +17,6 @@ update) and fires events.
 
 from __future__ import annotations
 
-import random
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,22 +30,31 @@ from chronograd.cells.base import check_cell, param_like
 from chronograd.constraints import check_constraints
 from chronograd.objectives import Objective
 from chronograd.regularizers import Regularizer
-from chronograd.rules.base import LearningRule, RuleStep
-from chronograd.rules.run import apply_to_model, run_sequence
+from chronograd.rules.base import LearningRule, PersistentCarry, RuleStep
+from chronograd.rules.driver import SequenceResult, check_driver_options
 from chronograd.sequence import Span, time_first, unroll
 from chronograd.training import checkpoint as ckpt
+from chronograd.training.apply import apply_to_model, run_sequence
+from chronograd.training.data import default_prepare_batch
 from chronograd.training.distributed import (
     DistributedContext,
-    average,
     broadcast_module,
     broadcast_tree,
+    rank_batches,
     reduce_sums,
-    set_active,
-    shard,
 )
 from chronograd.training.distributed import setup as dist_setup
 from chronograd.training.events import Event, EventFilter, as_filter, check_handler
 from chronograd.training.history import History
+from chronograd.training.resume import (
+    EpochProgress,
+    SignalGuard,
+    capture_rng,
+    load_trainer_state,
+    restore_rng,
+    trainer_state_dict,
+)
+from chronograd.transforms import GradientTransform
 
 Metric = Callable[[Any, Any], "float | Tensor"]
 Batches = Iterable[Any] | Callable[[int], Iterable[Any]]
@@ -66,34 +72,6 @@ class TrainerState:
     chunk_loss: float = float("nan")
     metrics: dict[str, float] = field(default_factory=dict)
     terminate: bool = False
-
-
-@dataclass
-class _EpochProgress:
-    """The unfinished part of an epoch: enough to resume it exactly from a checkpoint."""
-
-    rng: dict[str, Any]  # RNG states at the epoch's start (replays a shuffling loader's order)
-    batches: int = 0
-    total: float = 0.0
-    samples: int = 0
-    sums: dict[str, float] = field(default_factory=dict)
-    nonfinite: int = 0
-    elapsed: float = 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng, "batches": self.batches, "total": self.total, "samples": self.samples,
-                "sums": dict(self.sums), "nonfinite": self.nonfinite, "elapsed": self.elapsed}  # fmt: skip
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Raised by :meth:`Trainer.fit` after a SIGTERM/SIGINT, once the current batch finished
-    and (when a checkpoint path is set) the checkpoint was written."""
-
-    def __init__(self, signum: int, checkpoint: Path | None) -> None:
-        name = signal.Signals(signum).name
-        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint path set"
-        super().__init__(f"training interrupted by {name}; {where}")
-        self.signum, self.checkpoint = signum, checkpoint
 
 
 class Trainer:
@@ -125,6 +103,14 @@ class Trainer:
         constraints: callables ``() -> None`` (e.g. :class:`~chronograd.constraints.DaleProjection`,
             ``NoAutapses``, ``SparsityMask``) applied in order after every update (optimizer step
             or direct update), for every rule.
+        transform: a :class:`~chronograd.transforms.GradientTransform` applied to every
+            gradient before the optimizer (``chain(ema(0.9), clip_by_global_norm(1.0))``).
+        accumulate: sum the chunk gradients of a sequence and take one optimizer step at its
+            end (default: one step per chunk).
+        time_dim: time dimension of the batches (moved to 0).
+        prepare_batch: ``(batch, device, non_blocking) -> (x, y)``; default splits a pair and
+            moves it to ``device``.
+        non_blocking: passed to ``prepare_batch`` for asynchronous host-to-device copies.
 
     Chronograd regularizers in ``objective.regularizers`` and constraint modules are moved to
     ``device``; a :class:`~chronograd.regularizers.Regularizer` of a parameter the rule does not
@@ -154,6 +140,11 @@ class Trainer:
         distributed: bool | str | None = "auto",
         shard: bool = True,
         constraints: Sequence[Callable[[], object]] = (),
+        transform: GradientTransform | None = None,
+        accumulate: bool = False,
+        time_dim: int = 0,
+        prepare_batch: Callable[..., tuple[Any, Any]] = default_prepare_batch,
+        non_blocking: bool = False,
     ) -> None:
         check_cell(model, "model")
         if not isinstance(rule, LearningRule):
@@ -164,6 +155,15 @@ class Trainer:
             )
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
+        if not isinstance(time_dim, int) or isinstance(time_dim, bool) or time_dim < 0:
+            raise ValueError(f"time_dim must be a non-negative int, got {time_dim!r}")
+        if not callable(prepare_batch):
+            raise TypeError(
+                "prepare_batch must be callable (batch, device, non_blocking) -> (x, y)"
+            )
+        check_driver_options(rule, accumulate, transform)
+        self.transform, self.accumulate = transform, accumulate
+        self.time_dim, self.prepare_batch, self.non_blocking = time_dim, prepare_batch, non_blocking
         self.model, self.rule, self.objective = model, rule, objective
         self.device = torch.device(device) if device is not None else param_like(model)[0]
         self.model.to(self.device)
@@ -202,15 +202,13 @@ class Trainer:
         self.carry: Any = None
         self.distributed: DistributedContext | None = None
         self._distributed_mode, self._shard = distributed, shard
-        self._local_batch = 0
         self.interrupt_checkpoint: Path | None = None
-        self._progress: _EpochProgress | None = None
-        self._signal: int | None = None
-        self._extra_state: dict[str, Any] = {}
+        self.progress: EpochProgress | None = None
+        self._signals = SignalGuard()
+        self.extra_state: dict[str, Any] = {}
         self._handlers: list[
             tuple[EventFilter, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
         ] = []
-        self._apply_local = apply_to_model(model, self.optimizer, self.constraints)
         if progress:
             from chronograd.training.handlers import ProgressBar
 
@@ -260,9 +258,9 @@ class Trainer:
                 f"register_state needs an object with state_dict() and load_state_dict(), got "
                 f"{type(obj).__name__}"
             )
-        if name in self._extra_state:
+        if name in self.extra_state:
             raise ValueError(f"a state named {name!r} is already registered with this trainer")
-        self._extra_state[name] = obj
+        self.extra_state[name] = obj
 
     def _count(self, event: Event) -> int:
         if event.name.startswith("EPOCH") or event is Event.VALIDATION_COMPLETED:
@@ -286,24 +284,11 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------------
     def _batches(self, data: Batches, epoch: int, train: bool = True) -> Iterable[Any]:
         batches = data(epoch) if callable(data) and not hasattr(data, "__iter__") else data
-        ctx = self.distributed
-        if ctx is None or (train and not self._shard):
-            return batches
-        sampler = getattr(batches, "sampler", None)
-        if isinstance(batches, torch.utils.data.DataLoader):
-            if not isinstance(sampler, torch.utils.data.DistributedSampler):
-                raise ValueError(
-                    "in distributed mode a DataLoader needs a DistributedSampler: "
-                    "DataLoader(dataset, sampler=DistributedSampler(dataset), ...) (or pass "
-                    "shard=False if each rank's loader already yields its own data)"
-                )
-            sampler.set_epoch(epoch)
-            return batches
-        return shard(batches, ctx)
+        return rank_batches(batches, self.distributed, self._shard or not train, epoch)
 
     def _prepare(self, batch: Any) -> tuple[Tensor, Any]:
-        x, y = self.rule.prepare_batch(batch, self.device, self.rule.non_blocking)
-        return time_first(x, self.rule.time_dim), time_first(y, self.rule.time_dim)
+        x, y = self.prepare_batch(batch, self.device, self.non_blocking)
+        return time_first(x, self.time_dim), time_first(y, self.time_dim)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, train: Batches, epochs: int, val: Batches | None = None) -> History:
@@ -319,16 +304,14 @@ class Trainer:
                     "epoch); pass a list, a DataLoader, or a callable epoch -> batches"
                 )
         self.state.terminate = False
-        self._signal = None
         self.distributed = dist_setup(self._distributed_mode, self.device)
-        set_active(self.distributed)
         if self.distributed is not None:
             broadcast_module(self.model)
-        previous = self._install_signal_handlers()
+        self._signals.install()
         try:
             self.fire(Event.STARTED)
             while (
-                self.state.epoch < epochs or self._progress is not None
+                self.state.epoch < epochs or self.progress is not None
             ) and not self.state.terminate:
                 self._epoch(train, val)
             self.fire(Event.COMPLETED)
@@ -337,9 +320,7 @@ class Trainer:
                 self.fire(Event.EXCEPTION_RAISED, e)
             raise
         finally:
-            set_active(None)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self._signals.restore()
         return self.history
 
     @property
@@ -347,52 +328,24 @@ class Trainer:
         """True on the process that writes files and progress (rank 0, or when not distributed)."""
         return self.distributed is None or self.distributed.is_main
 
-    def _apply(self, grads: Any, updates: Any) -> None:
-        ctx = self.distributed
-        if ctx is not None:
-            if updates and not getattr(self.rule, "distributed_updates", False):
-                raise ValueError(
-                    f"{type(self.rule).__name__} updates weights directly, and averaging those "
-                    "updates across ranks is not the full-batch update; train it in a single "
-                    "process (distributed=False)"
-                )
-            grads = average(grads, float(self._local_batch))
-        self._apply_local(grads, updates)
-
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._signal is not None:  # a second signal: stop now
-                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping at once")
-            self._signal = signum
-
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
     def _check_signal(self) -> None:
-        if self._signal is None:
-            return
-        path = self.interrupt_checkpoint
-        if path is not None:
-            self.save_checkpoint(path)
-        raise TrainingInterrupted(self._signal, path)
+        self._signals.check(self.save_checkpoint, self.interrupt_checkpoint)
 
     def _epoch(self, train: Batches, val: Batches | None) -> None:
-        prog, skip, resume_rng = self._progress, 0, None
+        prog, skip, resume_rng = self.progress, 0, None
         if prog is None:
             self.state.epoch += 1
-            prog = self._progress = _EpochProgress(rng=_capture_rng())
+            prog = self.progress = EpochProgress(rng=capture_rng())
             self.fire(Event.EPOCH_STARTED)
         elif prog.batches > 0:  # resuming inside an epoch: replay its data order, skip what is done
-            skip, resume_rng = prog.batches, _capture_rng()
-            _restore_rng(prog.rng)
+            skip, resume_rng = prog.batches, capture_rng()
+            restore_rng(prog.rng)
         t0 = time.perf_counter() - prog.elapsed
         self.model.train()
         for i, batch in enumerate(self._batches(train, self.state.epoch)):
             if i < skip:
                 if i == skip - 1 and resume_rng is not None:
-                    _restore_rng(resume_rng)
+                    restore_rng(resume_rng)
                 continue
             x, y = self._prepare(batch)
             self.state.iteration += 1
@@ -418,17 +371,14 @@ class Trainer:
         if self.distributed is not None:
             sums = reduce_sums(sums)
         n = sums["samples"]
-        record: dict[str, float] = {
-            "loss": sums["total"] / n,
-            **{k: sums[f"m:{k}"] / n for k in self.metrics},
-        }
+        record = {"loss": sums["total"] / n, **{k: sums[f"m:{k}"] / n for k in self.metrics}}
         record["nonfinite"] = float(sums["nonfinite"])
         if self.optimizer is not None:
             record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         if val is not None:
             record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
         record["time"] = time.perf_counter() - t0
-        self._progress = None
+        self.progress = None
         self.history.append(self.state.epoch, **record)
         self.state.metrics = record
         if val is not None:
@@ -441,14 +391,15 @@ class Trainer:
         self.fire(Event.EPOCH_COMPLETED)
         self._check_signal()
 
-    def _sequence(self, x: Tensor, y: Any) -> Any:
+    def _sequence(self, x: Tensor, y: Any) -> SequenceResult:
         state = self.model.init_state(x.shape[1], device=x.device, dtype=x.dtype)  # type: ignore[operator]
+        rule = self.rule
         if self.carry is None:
-            self.carry = self.rule.init(self.model, state)
-            persistent = self.rule.carry_state_dict(self.carry) if self.distributed else None
-            if persistent is not None:
-                self.carry = self.rule.load_carry_state_dict(self.model, broadcast_tree(persistent))
-        self._local_batch = x.shape[1]
+            self.carry = rule.init(self.model, state)
+            if self.distributed is not None and isinstance(rule, PersistentCarry):
+                persistent = rule.carry_state_dict(self.carry)
+                if persistent is not None:  # e.g. random feedback: rank 0's for every rank
+                    self.carry = rule.load_carry_state_dict(self.model, broadcast_tree(persistent))
 
         def started(span: Span) -> None:
             self.state.chunk += 1
@@ -459,9 +410,13 @@ class Trainer:
             self.state.chunk_loss = float(step.loss)
             self.fire(Event.CHUNK_COMPLETED)
 
+        apply = apply_to_model(
+            self.model, self.optimizer, self.constraints, rule=rule, distributed=self.distributed
+        )
         result = run_sequence(
-            self.rule, self.model, x, y, self.objective, state=state, carry=self.carry,
-            apply=self._apply, on_chunk_start=started, on_chunk_end=completed,
+            rule, self.model, x, y, self.objective, apply=apply, state=state,
+            carry=self.carry, accumulate=self.accumulate, transform=self.transform,
+            distributed=self.distributed, on_chunk_start=started, on_chunk_end=completed,
         )  # fmt: skip
         self.carry = result.carry
         return result
@@ -490,86 +445,10 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly (weights_only-loadable)."""
-        rule = self.rule
-        carry = (
-            rule.carry_state_dict(self.carry)
-            if self.carry is not None and rule.checkpointed("carry", "save")
-            else None
-        )
-        save_opt = self.optimizer is not None and rule.checkpointed("optimizer", "save")
-        return {
-            "format": "chronograd.trainer/1",
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if save_opt else None,  # type: ignore[union-attr]
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rule": carry,
-            "trainer": {
-                "epoch": self.state.epoch,
-                "iteration": self.state.iteration,
-                "chunk": self.state.chunk,
-            },
-            "history": self.history.state_dict(),
-            "rng": _capture_rng(),
-            "progress": None if self._progress is None else self._progress.state_dict(),
-            "regularizers": [_module_state(r) for r in self.objective.regularizers],
-            "constraints": [_module_state(c) for c in self.constraints],
-            "extra": {k: v.state_dict() for k, v in self._extra_state.items()},
-        }
+        return trainer_state_dict(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("format") != "chronograd.trainer/1":
-            raise ValueError(
-                f"not a chronograd trainer checkpoint (format={state.get('format')!r})"
-            )
-        extra = state.get("extra", {})
-        if set(extra) != set(self._extra_state):
-            raise ValueError(
-                f"the checkpoint holds extra state {sorted(extra)} but this trainer has "
-                f"{sorted(self._extra_state)} registered; attach the same handlers (e.g. "
-                "task.attach(trainer)) before resuming"
-            )
-        self.model.load_state_dict(state["model"])
-        if (
-            self.optimizer is not None
-            and state["optimizer"] is not None
-            and self.rule.checkpointed("optimizer", "load")
-        ):
-            self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        rule_state = state.get("rule")
-        if not self.rule.checkpointed("carry", "load"):
-            rule_state = None  # rebuilt by rule.init at the next sequence
-        self.carry = (
-            None if rule_state is None else self.rule.load_carry_state_dict(self.model, rule_state)
-        )
-        t = state["trainer"]
-        self.state.epoch, self.state.iteration, self.state.chunk = (
-            t["epoch"],
-            t["iteration"],
-            t["chunk"],
-        )
-        self.history.load_state_dict(state["history"])
-        for k, obj in self._extra_state.items():
-            obj.load_state_dict(extra[k])
-        _restore_rng(state["rng"])
-        prog = state.get("progress")
-        self._progress = None if prog is None else _EpochProgress(**prog)
-        for key, objs in (
-            ("regularizers", self.objective.regularizers),
-            ("constraints", self.constraints),
-        ):
-            saved = state.get(key)
-            if saved is None:
-                continue
-            if len(saved) != len(objs):
-                raise ValueError(
-                    f"the checkpoint has {len(saved)} {key}, this trainer {len(objs)}; build the "
-                    f"trainer with the same {key} to resume"
-                )
-            for obj, sd in zip(objs, saved):
-                if sd is not None and isinstance(obj, nn.Module):
-                    obj.load_state_dict(sd)
+        load_trainer_state(self, state)
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write :meth:`state_dict` atomically to ``path`` (rank 0 only when distributed)."""
@@ -580,26 +459,6 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Load a checkpoint written by :meth:`save_checkpoint`; ``fit`` then continues the run."""
         self.load_state_dict(ckpt.load(path, map_location=self.device))
-
-
-def _capture_rng() -> dict[str, Any]:
-    """The torch (CPU and CUDA) and Python RNG states, as weights_only-loadable tensors."""
-    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _py_rng_to_tensor()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def _restore_rng(rng: Mapping[str, Any]) -> None:
-    torch.set_rng_state(rng["torch"])
-    random.setstate(_py_rng_from_tensor(rng["python"]))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _module_state(obj: object) -> dict[str, Any] | None:
-    """The state dict (reference buffers, signs, masks) of a regularizer or constraint module."""
-    return dict(obj.state_dict()) if isinstance(obj, nn.Module) else None
 
 
 def _check_regularizers(
@@ -618,17 +477,3 @@ def _check_regularizers(
                 "the model's trained parameters (e.g. dict(model.named_parameters())) or widen "
                 "the rule's params"
             )
-
-
-def _py_rng_to_tensor() -> dict[str, Tensor]:
-    version, internal, gauss = random.getstate()
-    return {
-        "state": torch.tensor([version, *internal], dtype=torch.int64),
-        "gauss": torch.tensor(float("nan") if gauss is None else gauss, dtype=torch.float64),
-    }
-
-
-def _py_rng_from_tensor(t: dict[str, Tensor]) -> tuple[Any, ...]:
-    vals = [int(v) for v in t["state"].tolist()]
-    g = float(t["gauss"])
-    return (vals[0], tuple(vals[1:]), None if g != g else g)

@@ -1,16 +1,18 @@
-"""The chunk driver shared by :func:`gradient` and the trainer.
+"""The chunk driver shared by :func:`gradient` and the trainer: it never applies updates.
 
-:func:`run_sequence` splits one batch of sequences into chunks, asks the rule for each chunk's
-gradient and hands the (post-processed) gradient to an ``apply`` callback, which takes the
-optimizer step. :func:`gradient` runs the same loop without applying anything and returns the
-summed gradient: the quantity every oracle compares.
+:func:`drive` splits one batch of sequences into chunks, asks the rule for each chunk's
+gradient (``rule.update(model, Chunk(xs, targets, span), state, carry, objective)``), applies
+the rule's non-finite policy and the gradient transform, and *yields* each update for its
+caller to apply (:func:`chronograd.training.run_sequence` takes the optimizer step, applies
+constraints and reduces across ranks). :func:`gradient` runs the same loop, applies nothing
+and returns the summed gradient: the quantity every oracle compares.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -18,11 +20,19 @@ from torch import Tensor, nn
 from chronograd._tree import tree_cat, tree_leaves, tree_map
 from chronograd.cells.base import State, check_cell, param_like
 from chronograd.objectives import Objective
-from chronograd.rules.base import Carry, Grads, LearningRule, RuleStep, add_grads
+from chronograd.rules.base import (
+    AfterUpdate,
+    Carry,
+    Chunk,
+    Grads,
+    LearningRule,
+    PersistentCarry,
+    Reduce,
+    RuleStep,
+    add_grads,
+)
 from chronograd.sequence import Span, check_sequence, spans
-
-Apply = Callable[[Grads, Grads | None], None]
-ChunkHook = Callable[[Span, RuleStep | None], None]
+from chronograd.transforms import GradientTransform
 
 
 @dataclass
@@ -75,20 +85,15 @@ def _sanitize(rule: LearningRule, step: RuleStep, span: Span) -> tuple[RuleStep,
     bad = _finite(step.grads) + _finite(step.updates)
     if not bad:
         return step, "ok"
-    if rule.nonfinite == "raise":
+    policy = rule.nonfinite
+    if policy.policy == "raise":
         raise NonFiniteError(
             f"{type(rule).__name__} produced a non-finite gradient for {sorted(set(bad))} in "
             f"steps [{span.start}, {span.stop}) of {span.total}; lower the learning rate, clip "
-            "gradients (clip_grad_norm=...), or set nonfinite='skip' or 'replace' on the rule"
+            "gradients (transform=clip_by_global_norm(...)), or set nonfinite='skip' or "
+            "'replace' on the rule"
         )
-
-    def fix(t: Tensor) -> Tensor:
-        if not t.is_floating_point():
-            return t
-        if rule.nonfinite == "skip":
-            return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
-        return torch.nan_to_num(t, nan=rule.nan, posinf=rule.posinf, neginf=rule.neginf)
-
+    fix = policy.repair
     repaired = RuleStep(
         grads={k: fix(v) for k, v in step.grads.items()},
         state=tree_map(fix, step.state),
@@ -97,7 +102,7 @@ def _sanitize(rule: LearningRule, step: RuleStep, span: Span) -> tuple[RuleStep,
         outputs=step.outputs,
         updates=None if step.updates is None else {k: fix(v) for k, v in step.updates.items()},
     )
-    return repaired, rule.nonfinite
+    return repaired, policy.policy
 
 
 def _slice_time(tree: Any, span: Span) -> Any:
@@ -145,35 +150,27 @@ def check_like_model(xs: Tensor, model: nn.Module) -> None:
         )
 
 
-class _Postprocess:
-    """Bias-corrected EMA then global-norm clipping of applied gradients (per sequence)."""
+class Update(NamedTuple):
+    """What the driver hands on for one update: it never applies it.
 
-    def __init__(self, rule: LearningRule) -> None:
-        self.rule = rule
-        self.ema: Grads | None = None
-        self.n = 0
+    Attributes:
+        grads: the (transformed) gradient to apply, ``{name: tensor}`` (may be empty).
+        updates: direct additive updates ``p += u`` (rules without an optimizer), or None.
+        span: the steps it covers (the whole sequence when accumulated).
+        batch_size: how many sequences it was computed on (for averaging across ranks).
+    """
 
-    def __call__(self, grads: Grads) -> Grads:
-        beta = self.rule.grad_ema
-        if beta is not None:
-            self.n += 1
-            if self.ema is None:
-                self.ema = {k: (1 - beta) * g for k, g in grads.items()}
-            else:
-                self.ema = {k: beta * self.ema[k] + (1 - beta) * g for k, g in grads.items()}
-            corr = 1.0 - beta**self.n
-            grads = {k: g / corr for k, g in self.ema.items()}
-        clip = self.rule.clip_grad_norm
-        if clip is not None and grads:
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])
-            )
-            scale = torch.clamp(clip / (norm + 1e-12), max=1.0)
-            grads = {k: g * scale for k, g in grads.items()}
-        return grads
+    grads: Grads
+    updates: Grads | None
+    span: Span
+    batch_size: int
 
 
-def run_sequence(
+def _identity(grads: Grads, batch_size: int) -> Grads:
+    return grads
+
+
+def drive(
     rule: LearningRule,
     model: nn.Module,
     xs: Tensor,
@@ -182,20 +179,33 @@ def run_sequence(
     *,
     state: State | None = None,
     carry: Carry | None = None,
-    apply: Apply | None = None,
+    accumulate: bool = False,
+    transform: GradientTransform | None = None,
+    reduce: Reduce = _identity,
     on_chunk_start: Callable[[Span], None] | None = None,
     on_chunk_end: Callable[[Span, RuleStep], None] | None = None,
-) -> SequenceResult:
+) -> Generator[Update, bool | None, SequenceResult]:
     """Run ``rule`` over one batch of time-first sequences ``xs`` (``(T, B, I)``).
+
+    A generator: it yields one :class:`Update` per update (after every chunk, or once at the
+    end with ``accumulate=True``) and returns the :class:`SequenceResult`. Whoever iterates it
+    applies each update and then resumes it with ``send(True)`` (the rule's
+    :meth:`~chronograd.rules.base.AfterUpdate.after_update` then sees the new weights), or with
+    ``next()`` when it applied nothing; see :func:`run`. :func:`gradient` applies nothing.
 
     Args:
         rule, model, objective: what to train, on what, for what.
         targets: time-first targets (``(T, B, ...)`` or a dict of them).
         state: initial model state (default ``model.init_state(B)``).
-        carry: the rule's carry from the previous sequence (default ``rule.init``); passed
-            through ``rule.start_sequence``.
-        apply: ``apply(grads, updates)`` takes an optimizer step; ``None`` applies nothing.
-        on_chunk_start, on_chunk_end: observers called around each chunk.
+        carry: the rule's carry from the previous sequence (default ``rule.init``); rules with
+            a :class:`~chronograd.rules.base.PersistentCarry` keep its persistent parts.
+        accumulate: sum the chunk gradients and hand on one update at the sequence's end.
+        transform: a :class:`~chronograd.transforms.GradientTransform` (clipping, EMA) applied
+            to each handed-on gradient, its state fresh at every sequence.
+        reduce: turns a gradient the rule computes after an update (FPTT's two-pass form) into
+            the full batch's (an average across ranks when data-parallel).
+        on_chunk_start, on_chunk_end: observers called around each chunk (``on_chunk_end``
+            after that chunk's update was applied).
     """
     if not isinstance(rule, LearningRule):
         raise TypeError(f"`rule` must be a chronograd LearningRule, got {type(rule).__name__}")
@@ -207,56 +217,61 @@ def run_sequence(
         raise TypeError(
             f"`objective` must be a chronograd Objective, got {type(objective).__name__}"
         )
+    check_driver_options(rule, accumulate, transform)
     T, B = xs.shape[0], xs.shape[1]
     if state is None:
         state = model.init_state(B, device=xs.device, dtype=xs.dtype)  # type: ignore[operator]
-    carry = rule.init(model, state) if carry is None else carry
-    carry = rule.start_sequence(model, state, carry)
-    post = _Postprocess(rule)
+    if carry is None:
+        carry = rule.init(model, state)
+    elif isinstance(rule, PersistentCarry):
+        carry = rule.start_sequence(model, state, carry)
+    else:
+        carry = rule.init(model, state)
+    tstate = None if transform is None else transform.init()
     total: Grads | None = None
     total_updates: Grads | None = None
     pending: Grads | None = None
     losses: list[Tensor] = []
     outs: list[Any] = []
     n_updates = nonfinite = 0
+
+    def handed_on(grads: Grads, updates: Grads | None, span: Span) -> Update:
+        nonlocal tstate
+        if transform is not None and grads:
+            grads, tstate = transform.update(grads, tstate)
+        return Update(grads, updates, span, B)
+
     for span in spans(T, rule.chunk_length(T)):
         if on_chunk_start is not None:
             on_chunk_start(span)
-        step = rule.update(
-            model,
-            xs[span.start : span.stop],
-            _slice_time(targets, span),
-            state,
-            carry,
-            objective,
-            span,
-        )
+        chunk = Chunk(xs[span.start : span.stop], _slice_time(targets, span), span)
+        step = rule.update(model, chunk, state, carry, objective)
         step, status = _sanitize(rule, step, span)
         nonfinite += status != "ok"
         state, carry = step.state, step.carry
         losses.append(step.loss)
         outs.append(step.outputs)
-        if status == "skip":
-            if on_chunk_end is not None:
-                on_chunk_end(span, step)
-            continue
-        total = add_grads(total, step.grads)
-        total_updates = add_grads(total_updates, step.updates)
-        if rule.accumulate:
-            pending = add_grads(pending, step.grads)
-        elif apply is not None:
-            apply(post(step.grads), step.updates)
-            n_updates += 1
-            carry = rule.after_update(model, carry)
+        if status != "skip":
+            total = add_grads(total, step.grads)
+            total_updates = add_grads(total_updates, step.updates)
+            if accumulate:
+                pending = add_grads(pending, step.grads)
+            elif (yield handed_on(step.grads, step.updates, span)):  # applied
+                n_updates += 1
+                if isinstance(rule, AfterUpdate):
+                    carry = rule.after_update(model, carry, reduce)
         if on_chunk_end is not None:
             on_chunk_end(span, step)
-    if rule.accumulate and apply is not None and pending is not None:
-        apply(post(pending), total_updates)
+    if (
+        accumulate
+        and pending is not None
+        and (yield handed_on(pending, total_updates, Span(0, T, T)))
+    ):
         n_updates += 1
-        carry = rule.after_update(model, carry)
-    loss = torch.stack(losses).mean()
+        if isinstance(rule, AfterUpdate):
+            carry = rule.after_update(model, carry, reduce)
     return SequenceResult(
-        loss=float(loss),
+        loss=float(torch.stack(losses).mean()),
         outputs=tree_cat(outs),
         state=state,
         carry=carry,
@@ -265,6 +280,48 @@ def run_sequence(
         n_updates=n_updates,
         nonfinite=nonfinite,
     )
+
+
+def check_driver_options(
+    rule: LearningRule, accumulate: bool, transform: GradientTransform | None
+) -> None:
+    """Refuse, with the reason, driver options that contradict the rule."""
+    if not isinstance(accumulate, bool):
+        raise TypeError(f"accumulate must be a bool, got {accumulate!r}")
+    if accumulate and rule.accumulate_refused is not None:
+        raise ValueError(
+            f"accumulate=True does not apply to {type(rule).__name__}: {rule.accumulate_refused}"
+        )
+    if transform is not None:
+        if not isinstance(transform, GradientTransform):
+            raise TypeError(
+                "transform must be a chronograd.transforms.GradientTransform (ema(...), "
+                f"clip_by_global_norm(...), chain(...)), got {type(transform).__name__}"
+            )
+        if not rule.needs_optimizer:
+            raise ValueError(
+                f"gradient transforms (clipping, EMA) do not apply to {type(rule).__name__}, "
+                "which updates weights directly; drop transform="
+            )
+
+
+def run(
+    updates: Generator[Update, bool | None, SequenceResult],
+    apply: Callable[[Update], None] | None = None,
+) -> SequenceResult:
+    """Iterate a :func:`drive` generator, calling ``apply`` on each update (``None``: apply
+    nothing, the rule's gradient alone); return its :class:`SequenceResult`."""
+    try:
+        update = next(updates)
+        while True:
+            if apply is None:
+                update = next(updates)
+            else:
+                apply(update)
+                update = updates.send(True)
+    except StopIteration as stop:
+        result: SequenceResult = stop.value
+        return result
 
 
 def gradient(
@@ -288,42 +345,4 @@ def gradient(
     Returns:
         ``{param_name: gradient}`` with each gradient shaped like its parameter.
     """
-    return run_sequence(rule, model, xs, targets, objective, state=state).grads
-
-
-def apply_to_model(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    constraints: Sequence[Callable[[], object]] = (),
-) -> Apply:
-    """An ``apply`` callback: write ``grads`` to ``.grad`` and step ``optimizer``; add ``updates``.
-
-    ``constraints`` (e.g. :class:`chronograd.constraints.DaleProjection`) are called in order
-    after the optimizer step and the direct updates, so they hold after every update.
-    """
-    params = dict(model.named_parameters())
-    constraints = tuple(constraints)
-    for c in constraints:
-        if not callable(c):
-            raise TypeError(f"a constraint must be callable () -> None, got {type(c).__name__}")
-
-    def apply(grads: Grads, updates: Grads | None) -> None:
-        if grads:
-            if optimizer is None:
-                raise ValueError(
-                    "this rule produces gradients, so it needs an optimizer (e.g. "
-                    "torch.optim.Adam(model.parameters(), lr=1e-3))"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            for name, g in grads.items():
-                params[name].grad = g.detach().to(params[name].dtype)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if updates:
-            with torch.no_grad():
-                for name, u in updates.items():
-                    params[name].add_(u.to(params[name].dtype))
-        for c in constraints:
-            c()
-
-    return apply
+    return run(drive(rule, model, xs, targets, objective, state=state)).grads

@@ -1,0 +1,198 @@
+"""What a trainer needs to stop and continue exactly: its checkpoint state, the RNG states, the
+unfinished part of an epoch, and the SIGTERM/SIGINT handling that writes a last checkpoint.
+
+:func:`trainer_state_dict` and :func:`load_trainer_state` are the trainer's
+``state_dict``/``load_state_dict``; every value is ``torch.load(weights_only=True)``-loadable.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from chronograd.rules.base import PersistentCarry
+
+if TYPE_CHECKING:
+    from chronograd.training.trainer import Trainer
+
+FORMAT = "chronograd.trainer/1"
+
+
+@dataclass
+class EpochProgress:
+    """The unfinished part of an epoch: enough to resume it exactly from a checkpoint."""
+
+    rng: dict[str, Any]  # RNG states at the epoch's start (replays a shuffling loader's order)
+    batches: int = 0
+    total: float = 0.0
+    samples: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    nonfinite: int = 0
+    elapsed: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng, "batches": self.batches, "total": self.total, "samples": self.samples,
+                "sums": dict(self.sums), "nonfinite": self.nonfinite, "elapsed": self.elapsed}  # fmt: skip
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :meth:`Trainer.fit` after a SIGTERM/SIGINT, once the current batch finished
+    and (when a checkpoint path is set) the checkpoint was written."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        name = signal.Signals(signum).name
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint path set"
+        super().__init__(f"training interrupted by {name}; {where}")
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+class SignalGuard:
+    """Records SIGTERM/SIGINT during ``fit`` (a second signal stops at once)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        self.signum = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.signum is not None:
+                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping at once")
+            self.signum = signum
+
+        self._previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def check(self, save: Callable[[Path], object], path: Path | None) -> None:
+        """After a signal: write the checkpoint to ``path`` (if set), raise TrainingInterrupted."""
+        if self.signum is None:
+            return
+        if path is not None:
+            save(path)
+        raise TrainingInterrupted(self.signum, path)
+
+
+def trainer_state_dict(trainer: Trainer) -> dict[str, Any]:
+    """Everything needed to continue ``trainer``'s run exactly."""
+    rule = trainer.rule if isinstance(trainer.rule, PersistentCarry) else None
+    carry = None
+    if rule is not None and trainer.carry is not None and rule.checkpointed("carry", "save"):
+        carry = rule.carry_state_dict(trainer.carry)
+    opt = trainer.optimizer
+    save_opt = opt is not None and (rule is None or rule.checkpointed("optimizer", "save"))
+    return {
+        "format": FORMAT,
+        "model": trainer.model.state_dict(),
+        "optimizer": opt.state_dict() if save_opt else None,  # type: ignore[union-attr]
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "rule": carry,
+        "trainer": {
+            "epoch": trainer.state.epoch,
+            "iteration": trainer.state.iteration,
+            "chunk": trainer.state.chunk,
+        },
+        "history": trainer.history.state_dict(),
+        "rng": capture_rng(),
+        "progress": None if trainer.progress is None else trainer.progress.state_dict(),
+        "regularizers": [_module_state(r) for r in trainer.objective.regularizers],
+        "constraints": [_module_state(c) for c in trainer.constraints],
+        "extra": {k: v.state_dict() for k, v in trainer.extra_state.items()},
+    }
+
+
+def load_trainer_state(trainer: Trainer, state: Mapping[str, Any]) -> None:
+    """Restore ``trainer`` from :func:`trainer_state_dict`'s result."""
+    if state.get("format") != FORMAT:
+        raise ValueError(f"not a chronograd trainer checkpoint (format={state.get('format')!r})")
+    extra = state.get("extra", {})
+    if set(extra) != set(trainer.extra_state):
+        raise ValueError(
+            f"the checkpoint holds extra state {sorted(extra)} but this trainer has "
+            f"{sorted(trainer.extra_state)} registered; attach the same handlers (e.g. "
+            "task.attach(trainer)) before resuming"
+        )
+    rule = trainer.rule if isinstance(trainer.rule, PersistentCarry) else None
+    trainer.model.load_state_dict(state["model"])
+    load_opt = rule is None or rule.checkpointed("optimizer", "load")
+    if trainer.optimizer is not None and state["optimizer"] is not None and load_opt:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scheduler is not None and state["scheduler"] is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    rule_state = state.get("rule")
+    if rule is None or rule_state is None or not rule.checkpointed("carry", "load"):
+        trainer.carry = None  # rebuilt by rule.init at the next sequence
+    else:
+        trainer.carry = rule.load_carry_state_dict(trainer.model, rule_state)
+    t = state["trainer"]
+    trainer.state.epoch, trainer.state.iteration = t["epoch"], t["iteration"]
+    trainer.state.chunk = t["chunk"]
+    trainer.history.load_state_dict(state["history"])
+    for k, obj in trainer.extra_state.items():
+        obj.load_state_dict(extra[k])
+    restore_rng(state["rng"])
+    prog = state.get("progress")
+    trainer.progress = None if prog is None else EpochProgress(**prog)
+    for key, objs in (
+        ("regularizers", trainer.objective.regularizers),
+        ("constraints", trainer.constraints),
+    ):
+        saved = state.get(key)
+        if saved is None:
+            continue
+        if len(saved) != len(objs):
+            raise ValueError(
+                f"the checkpoint has {len(saved)} {key}, this trainer {len(objs)}; build the "
+                f"trainer with the same {key} to resume"
+            )
+        for obj, sd in zip(objs, saved):
+            if sd is not None and isinstance(obj, nn.Module):
+                obj.load_state_dict(sd)
+
+
+def capture_rng() -> dict[str, Any]:
+    """The torch (CPU and CUDA) and Python RNG states, as weights_only-loadable tensors."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _py_rng_to_tensor()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: Mapping[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_py_rng_from_tensor(rng["python"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _module_state(obj: object) -> dict[str, Any] | None:
+    """The state dict (reference buffers, signs, masks) of a regularizer or constraint module."""
+    return dict(obj.state_dict()) if isinstance(obj, nn.Module) else None
+
+
+def _py_rng_to_tensor() -> dict[str, Tensor]:
+    version, internal, gauss = random.getstate()
+    return {
+        "state": torch.tensor([version, *internal], dtype=torch.int64),
+        "gauss": torch.tensor(float("nan") if gauss is None else gauss, dtype=torch.float64),
+    }
+
+
+def _py_rng_from_tensor(t: dict[str, Tensor]) -> tuple[Any, ...]:
+    vals = [int(v) for v in t["state"].tolist()]
+    g = float(t["gauss"])
+    return (vals[0], tuple(vals[1:]), None if g != g else g)
