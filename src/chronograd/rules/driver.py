@@ -126,6 +126,11 @@ def check_targets(xs: Tensor, targets: Any) -> None:
 def check_like_model(xs: Tensor, model: nn.Module) -> None:
     """Inputs must match the model's dtype and device and be finite."""
     device, dtype = param_like(model)
+    if not xs.is_floating_point() and dtype.is_floating_point:
+        raise TypeError(
+            f"inputs must be floating point like the model's parameters ({dtype}), got "
+            f"{xs.dtype}; convert them with xs.to({dtype})"
+        )
     if xs.is_floating_point() and xs.dtype != dtype:
         raise ValueError(
             f"inputs are {xs.dtype} but the model's parameters are {dtype}; convert one of them "
@@ -147,6 +152,21 @@ def check_like_model(xs: Tensor, model: nn.Module) -> None:
         raise ValueError(
             f"inputs contain NaN or inf (first at index (t, b, ...) = {tuple(bad)}); clean or "
             "mask the data before training"
+        )
+
+
+def check_state(state: State, batch_size: int) -> None:
+    """A state handed in must be a tree of ``(B, ...)`` tensors with the inputs' ``B``."""
+    if not isinstance(state, (tuple, list, dict, Tensor)):
+        raise TypeError(
+            f"state must be the model's state (a NamedTuple of (B, ...) tensors, as "
+            f"model.init_state(B) returns), got {type(state).__name__}"
+        )
+    bad = [tuple(t.shape) for t in tree_leaves(state) if t.dim() == 0 or t.shape[0] != batch_size]
+    if bad:
+        raise ValueError(
+            f"state tensors must have the inputs' batch size B = {batch_size} first, got shapes "
+            f"{bad}; build it with model.init_state({batch_size})"
         )
 
 
@@ -219,8 +239,15 @@ def drive(
         )
     check_driver_options(rule, accumulate, transform)
     T, B = xs.shape[0], xs.shape[1]
+    if objective.last is not None and objective.last > T:
+        raise ValueError(
+            f"the objective counts the last {objective.last} steps (last={objective.last}) but "
+            f"the sequences have T = {T} steps; use last <= {T} or longer sequences"
+        )
     if state is None:
         state = model.init_state(B, device=xs.device, dtype=xs.dtype)  # type: ignore[operator]
+    else:
+        check_state(state, B)
     if carry is None:
         carry = rule.init(model, state)
     elif isinstance(rule, PersistentCarry):
