@@ -15,9 +15,9 @@ import argparse
 import torch
 
 from chronograd.cells import ChaoticRNN
+from chronograd.least_squares.core import initial_p, rls_steps_
 from chronograd.objectives import Objective
 from chronograd.rules import RLS
-from chronograd.rules.rls_core import initial_p, rls_steps_
 from chronograd.sequence import unroll
 from chronograd.training import apply_to_model, run_sequence
 

@@ -32,7 +32,7 @@ import torch
 from torch.func import jvp, vmap
 
 import chronograd as cg
-import chronograd.rules._traces as trace_engine
+import chronograd.traces.chunk as trace_engine
 from chronograd.bench import bandwidth_gbs, peak_memory
 from chronograd.cells import LIF, LeakyReadout, LeakyRNN, Stack
 from chronograd.rules import DRTRL, PPProp

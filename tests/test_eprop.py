@@ -7,7 +7,7 @@ import torch
 import chronograd as cg
 from chronograd.cells import ALIF, GRU, LIF, LeakyReadout, LeakyRNN, Map, Stack, lsnn_beta
 from chronograd.rules import BPTT, DRTRL, EProp
-from chronograd.rules._eprop_net import layout
+from chronograd.traces.eprop_network import layout
 
 D = torch.float64
 

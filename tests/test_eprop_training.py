@@ -11,7 +11,7 @@ import chronograd as cg
 from chronograd.cells import ALIF, GRU, LIF, LeakyReadout, LeakyRNN, Stack, lsnn_beta
 from chronograd.rules import EProp, NonFinite
 from chronograd.rules.driver import NonFiniteError
-from chronograd.rules.eprop_feedback import GENERATORS, NORM_CLIP, random_feedback
+from chronograd.traces.feedback import GENERATORS, NORM_CLIP, random_feedback
 from chronograd.training import Event, Trainer
 from chronograd.transforms import clip_by_global_norm
 from tests.test_regularization_training import (

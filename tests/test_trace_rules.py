@@ -266,7 +266,7 @@ def test_trainer_trains_with_each_rule(rule, accumulate):
 def test_blocked_trace_advance_is_the_per_step_recursion(block, monkeypatch):
     """The engine runs blocks of steps (and D-RTRL advances its traces per block): any block
     size gives the same gradient."""
-    import chronograd.rules._traces as traces
+    import chronograd.traces.chunk as traces
 
     torch.manual_seed(0)
     xs, ys = data(T=11)

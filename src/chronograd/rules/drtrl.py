@@ -22,11 +22,12 @@ or a second stateful layer) is not propagated into upstream traces by default
 (``readout="state"``); the readout's and the later layer's own weights stay exact.
 ``readout="filter"`` handles a final ``LeakyReadout`` exactly for the layer feeding it: that
 layer's traces are filtered with ``κ`` and contracted with ``W_outᵀ ∂ℓ_t/∂y_t``
-(:mod:`chronograd.rules._readout_filter`), which is e-prop's ``F_κ`` for any hidden cell: on
+(:mod:`chronograd.traces.readout_filter`), which is e-prop's ``F_κ`` for any hidden cell: on
 LIF/ALIF it equals symmetric e-prop (:class:`~chronograd.rules.EProp`).
 
 Implementation: the engine hands over blocks of up to 32 steps; the weight traces are then
-advanced once per block by an exact regrouping of the recursion (:func:`advance`: an adjoint
+advanced once per block by an exact regrouping of the recursion
+(:func:`chronograd.traces.recursion.advance`: an adjoint
 recursion over the block's ``S``-vectors, one batched matmul, one pass over the trace), so a
 ``(S, B, I, H)`` trace is read and written once per block rather than once per step.
 
@@ -37,7 +38,7 @@ with random feedback" (RFLO); braintrace (github.com/chaobrain/braintrace), ``D_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, final
 
 import torch
@@ -45,22 +46,21 @@ from torch import Tensor, nn
 
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules._readout_filter import check_filter_model, filter_block, filter_target
-from chronograd.rules._traces import (
+from chronograd.rules.base import Carry, Chunk, LearningRule, RuleStep, check_chunk_size
+from chronograd.traces.chunk import (
     TraceCarry,
     add_grad,
     bias_traces,
     check_trace_dtype,
     check_trace_model,
     graph_for,
-    matmul,
-    matvec,
     neuron_traces,
     run_chunk,
     trace_dtype_of,
 )
-from chronograd.rules.base import Carry, Chunk, LearningRule, RuleStep, check_chunk_size
 from chronograd.traces.graph import TraceGraph
+from chronograd.traces.readout_filter import check_filter_model, filter_block, filter_target
+from chronograd.traces.recursion import advance
 from chronograd.traces.structure import TraceBlock
 
 
@@ -112,7 +112,7 @@ class DRTRL(LearningRule):
         target = None
         if self.readout == "filter":
             if carry.graph is None:
-                carry.graph = graph_for(model, xs[0], state, list(params))
+                carry = replace(carry, graph=graph_for(model, xs[0], state, list(params)))
             target = filter_target(model, carry.graph)
 
         def on_block(graph: TraceGraph, blk: TraceBlock, c: TraceCarry,
@@ -153,88 +153,3 @@ def weight_traces(
         g = advance(e, z, blk.D[r.group], Df, delta, prev, fresh)
         if g is not None:
             add_grad(grads, r.weight, g.t() if r.form == "linear" else g)
-
-
-def advance(
-    e: Tensor,
-    z: Tensor,
-    D: Tensor,
-    Df: Tensor,
-    delta: Tensor | None,
-    prev: Tensor | None,
-    fresh: bool = False,
-) -> Tensor | None:
-    """Advance a weight trace over ``K`` steps in place; return the steps' gradient ``(I, H)``.
-
-    With steps ``s = 0..K-1``, ``e_s = D_s e_{s-1} + z_s ⊗ Df_s`` and ``e_{-1} = e`` (given)::
-
-        Σ_s <δ_s, e_s> + <δ^prev_s, e_{s-1}>  =  <μ, e_{-1}> + Σ_s z_s ⊗ <Df_s, λ_s>
-        λ_{K-1} = δ'_{K-1},  λ_s = δ'_s + D_{s+1}ᵀ λ_{s+1},  μ = D_0ᵀ λ_0 + δ^prev_0
-        e_{K-1} = Q_{-1} e_{-1} + Σ_s z_s ⊗ Q_s Df_s,  Q_{K-1} = I,  Q_{s-1} = Q_s D_s
-
-    (``δ'_s = δ_s + δ^prev_{s+1}``; products per sample and neuron, ``S × S``). This is the
-    per-step recursion regrouped: the same gradient, with the ``(S, B, I, H)`` trace read and
-    written once per block instead of every step; the rest is one matmul per block.
-
-    Args:
-        e: the trace ``(S, B, I, H)``, updated in place.
-        z: ``(K, B, I)`` relation inputs; D: ``(K, B, H, S, S)``; Df: ``(K, B, H, S)``.
-        delta: ``(K, B, H, S)`` learning signal, or None (no loss in this block).
-        prev: ``(K, B, H, S)`` multi-step signal (pairs with the previous step's trace), or None.
-        fresh: ``e`` is new (zero at the sequence start): it is written without being read.
-    """
-    dt = e.dtype
-    S = e.shape[0]
-    K = z.shape[0]
-    D, Df, z = D.to(dt), Df.to(dt), z.to(dt)
-    Z = z.permute(1, 2, 0)  # (B, I, K)
-    g: Tensor | None = None
-    if delta is not None or prev is not None:
-        d = torch.zeros_like(Df) if delta is None else delta.to(dt).clone()
-        if prev is not None:
-            d[:-1] += prev[1:].to(dt)  # δ^prev_k pairs with e_{k-1}
-        lam = [d[K - 1]]
-        for k in range(K - 2, -1, -1):
-            lam.append(d[k] + matvec(D[k + 1], lam[-1], transpose=True))
-        lam.reverse()  # λ_k, (B, H, S)
-        mu = matvec(D[0], lam[0], transpose=True)
-        if prev is not None:
-            mu = mu + prev[0].to(dt)
-        Y = (Df * torch.stack(lam)).sum(-1)  # (K, B, H)
-        B, I = Z.shape[0], Z.shape[1]
-        g = z.reshape(K * B, I).t() @ Y.reshape(K * B, -1)  # (I, H)
-        for a in range(S if not fresh else 0):  # <μ, e_{-1}>: one read of the trace
-            for b in range(B):
-                g.addcmul_(e[a, b], mu[b, :, a])
-    Q = D[K - 1]  # Q_{K-2}
-    F = [Df[K - 1], matvec(Q, Df[K - 2])] if K > 1 else [Df[0]]
-    for k in range(K - 2, 0, -1):
-        Q = matmul(Q, D[k])  # Q_{k-1}
-        F.append(matvec(Q, Df[k - 1]))
-    F.reverse()  # F[s] = Q_s Df_s
-    Q = matmul(Q, D[0]) if K > 1 else D[0]  # Q_{-1}
-    Fs = torch.stack(F, 1)  # (B, K, H, S)
-    if fresh:
-        for a in range(S):
-            torch.bmm(Z, Fs[..., a], out=e[a])
-    elif S == 1:
-        e[0].mul_(Q[:, None, :, 0, 0]).baddbmm_(Z, Fs[..., 0])
-    elif not bool(torch.triu(Q, diagonal=1).any()):
-        # lower-triangular Q (e.g. ALIF with the reset's gradient stopped, or a readout-filtered
-        # trace): in place, last component first, each reading only components not yet updated
-        for a in range(S - 1, -1, -1):
-            e[a].mul_(Q[:, None, :, a, a])
-            for c in range(a):
-                q = Q[:, None, :, a, c]
-                if bool(q.any()):
-                    e[a].addcmul_(e[c], q)
-            e[a].baddbmm_(Z, Fs[..., a])
-    else:
-        new = torch.empty_like(e)
-        for a in range(S):
-            torch.mul(e[0], Q[:, None, :, a, 0], out=new[a])
-            for c in range(1, S):
-                new[a].addcmul_(e[c], Q[:, None, :, a, c])
-            new[a].baddbmm_(Z, Fs[..., a])
-        e.copy_(new)
-    return g

@@ -12,14 +12,14 @@ spikes (the recurrent weights and the reset)::
     ε^a_{t+1} = ψ_t z̄_t + (ρ − β ψ_t) ε^a_t
 
 (``u_t``: ``x_t`` for the input weights, ``z_{t-1}`` for the recurrent ones; see
-:mod:`chronograd.rules._eprop_net` for the indexing against the paper and the reset-gradient
+:mod:`chronograd.traces.eprop_network` for the indexing against the paper and the reset-gradient
 variant). ``∂ℓ_t/∂y_t`` is that of the objective with its window weights (MSE:
 ``∝ y_t − y*_t``; softmax cross-entropy: ``π_t − π*_t``). The readout's weight and bias get
 their exact gradient (online ``κ``-traces of ``z`` and of 1).
 
 Feedback ``B`` (H, O): ``symmetric`` (``W_outᵀ``, the current one), ``random`` (fixed, seeded,
 seven generators with NeuroTorch's norm clips) or ``adaptive`` (random at first, then it
-receives ``W_outᵀ``'s updates, with a decay): :mod:`chronograd.rules.eprop_feedback`.
+receives ``W_outᵀ``'s updates, with a decay): :mod:`chronograd.traces.feedback`.
 
 Firing-rate regularizer (the paper's, Methods): ``E_reg = c_reg Σ_j (f̄_j − f*)²`` with ``f̄_j``
 the mean spike count per step of neuron ``j`` over the batch and the update window (the whole
@@ -51,9 +51,6 @@ from torch import Tensor, nn
 
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules._eprop_net import HIDDEN_ROLES, network
-from chronograd.rules._eprop_run import online_chunk, reverse_chunk
-from chronograd.rules._traces import check_trace_dtype
 from chronograd.rules.base import (
     AfterUpdate,
     Carry,
@@ -64,7 +61,10 @@ from chronograd.rules.base import (
     RuleStep,
     check_chunk_size,
 )
-from chronograd.rules.eprop_feedback import (
+from chronograd.traces.chunk import check_trace_dtype, trace_dtype_of
+from chronograd.traces.eprop_evaluation import Options, online_chunk, reverse_chunk
+from chronograd.traces.eprop_network import HIDDEN_ROLES, network
+from chronograd.traces.feedback import (
     FEEDBACKS,
     adaptive_step,
     check_generator,
@@ -217,7 +217,9 @@ class EProp(LearningRule, PersistentCarry, AfterUpdate):
         params = self.trained(model)
         fb = self.feedback_matrix(model, carry)
         run = reverse_chunk if self.evaluation == "reverse" else online_chunk
-        return run(self, net, params, xs, targets, state, carry, objective, span, fb)
+        opts = Options(self.trace_norm_clip, self.rate_target, self.rate_reg, trace_dtype_of(self))
+        w = run(opts, net, params, xs, targets, state, carry.traces, objective, span, fb)
+        return RuleStep(w.grads, w.state, carry._replace(traces=w.traces), w.loss, w.outputs)
 
     def after_update(self, model: nn.Module, carry: Carry, reduce: Reduce) -> Carry:
         if self.feedback != "adaptive" or not isinstance(carry, EPropCarry):

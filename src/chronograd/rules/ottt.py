@@ -70,7 +70,7 @@ from chronograd.rules.base import (
     RuleStep,
     check_chunk_size,
 )
-from chronograd.rules.instantaneous import instantaneous_window
+from chronograd.traces.instantaneous import instantaneous_window
 from chronograd.traces.intercept import LinearCall, find_relations, intercept_linears
 
 Key = tuple[str, int]  # (weight name, position of the call in the step)

@@ -30,18 +30,18 @@ from torch import Tensor, nn
 
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules._traces import (
+from chronograd.rules.base import Carry, Chunk, LearningRule, RuleStep, check_chunk_size
+from chronograd.traces.chunk import (
     TraceCarry,
     add_grad,
     check_trace_dtype,
     check_trace_model,
     neuron_traces,
     run_chunk,
-    small_traces,
     trace_dtype_of,
 )
-from chronograd.rules.base import Carry, Chunk, LearningRule, RuleStep, check_chunk_size
 from chronograd.traces.graph import TraceGraph
+from chronograd.traces.recursion import small_traces
 from chronograd.traces.structure import TraceBlock
 
 _EXACT_AFTER = 1000  # c_n = 1 once n >= this many steps

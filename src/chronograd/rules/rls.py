@@ -9,7 +9,7 @@ of activity from chaotic neural networks", Neuron 63)::
 With ``λ = 1``, after rows ``Φ``, ``Y`` (weights ``m``) RLS holds exactly the ridge solution
 ``W = argmin Σ m ‖W φ − y‖² + δ ‖W − W_0‖²`` and ``P = (δ I + Φᵀ M Φ)⁻¹`` (a trained bias is one
 more input fixed at 1, penalised alike). The strategies differ in what ``φ`` and ``e`` are
-(:mod:`chronograd.rules.rls_signals`):
+(:mod:`chronograd.least_squares.signals`):
 
 * ``inputs``: FORCE. ``φ`` = the layer's input, ``e = o − y*``; the layer is the readout.
 * ``outputs``: CURBD (Perich et al. 2021, "Inferring brain-wide interactions using data-
@@ -51,6 +51,16 @@ from torch import Tensor, nn
 
 from chronograd._tree import detach
 from chronograd.cells.base import State, check_cell, param_like
+from chronograd.least_squares.core import BatchUpdate, format_bytes, initial_p, p_bytes, rls_steps_
+from chronograd.least_squares.signals import (
+    grad_loss,
+    group_of,
+    is_least_squares,
+    jacobian,
+    jacobian_rows,
+    linear_rows,
+    run_steps,
+)
 from chronograd.objectives import Objective
 from chronograd.rules.base import (
     Carry,
@@ -59,16 +69,6 @@ from chronograd.rules.base import (
     PersistentCarry,
     RuleStep,
     check_chunk_size,
-)
-from chronograd.rules.rls_core import BatchUpdate, format_bytes, initial_p, p_bytes, rls_steps_
-from chronograd.rules.rls_signals import (
-    grad_loss,
-    group_of,
-    is_least_squares,
-    jacobian,
-    jacobian_rows,
-    linear_rows,
-    run_steps,
 )
 from chronograd.traces.intercept import find_relations
 

@@ -31,7 +31,6 @@ from torch.func import functional_call, jvp, vmap
 from chronograd._tree import detach, tree_leaves, tree_map, tree_stack, tree_unflatten
 from chronograd.cells.base import State
 from chronograd.objectives import Objective
-from chronograd.rules._traces import check_trace_dtype, time_slice, trace_dtype_of
 from chronograd.rules.base import (
     Carry,
     Chunk,
@@ -40,6 +39,7 @@ from chronograd.rules.base import (
     check_chunk_size,
     penalty_grads,
 )
+from chronograd.traces.chunk import check_trace_dtype, time_slice, trace_dtype_of
 
 
 @final

@@ -36,7 +36,7 @@ from chronograd.rules.base import (
     RuleStep,
     check_chunk_size,
 )
-from chronograd.rules.instantaneous import instantaneous_window
+from chronograd.traces.instantaneous import instantaneous_window
 
 
 class SLTTCarry(NamedTuple):

@@ -6,7 +6,14 @@
 * :mod:`~chronograd.traces.graph`: :class:`TraceGraph` runs blocks of steps and returns
   ``D``, ``Df`` (:mod:`~chronograd.traces.jacobians`) and ``δ``
   (:mod:`~chronograd.traces.signal`); :mod:`~chronograd.traces.analytic` has closed forms
-  for the shipped cells.
+  for the shipped cells (and the one LIF/ALIF Jacobian).
+* :mod:`~chronograd.traces.chunk`: the trace rules' chunk loop and carry;
+  :mod:`~chronograd.traces.recursion`: the per-neuron trace recursions over a block;
+  :mod:`~chronograd.traces.readout_filter`: D-RTRL's ``readout="filter"``.
+* :mod:`~chronograd.traces.eprop_network`, :mod:`~chronograd.traces.eprop_evaluation`,
+  :mod:`~chronograd.traces.feedback`: e-prop's LIF/ALIF network, its two evaluations and its
+  feedback matrices.
+* :mod:`~chronograd.traces.instantaneous`: OTTT's and SLTT's per-step spatial backprop loop.
 """
 
 from chronograd.traces.analytic import analytic_jacobians

@@ -6,16 +6,22 @@ state in closed form; this skips one backward pass per step. Each formula is che
 the autodiff value when the graph is compiled (at the probe state); a cell without a formula,
 or whose formula disagrees there, uses the autodiff path, which is always available.
 
-With ``ψ`` the surrogate derivative at the previous step's spike input and ``v_th`` the
-threshold, relation outputs held fixed (``r`` = 1 when the reset gradient flows, else 0)::
+With ``ψ = ∂z/∂v`` the pseudo-derivative at the previous step's spike input (the surrogate's
+derivative divided by the threshold ``v_th``), ``β`` the adaptation strength in voltage units
+and relation outputs held fixed (``r`` = 1 when the reset gradient flows, else 0)::
 
-    LIF           D = α - r ψ                                             Df = 1
-    ALIF (v, a)   D = [[α - r ψ, r ψ β], [ψ/v_th, ρ - ψ β/v_th]]         Df = (1, 0)
-    SynapticLIF   (v, i): D = [[α - r ψ, α_s], [0, α_s]]                 Df = (1, 1)
+    LIF           D = α - r v_th ψ                                        Df = 1
+    ALIF (v, a)   D = [[α - r v_th ψ, r v_th β ψ], [ψ, ρ - β ψ]]          Df = (1, 0)
+    SynapticLIF   (v, i): D = [[α - r v_th ψ, α_s], [0, α_s]]            Df = (1, 1)
     LeakyReadout  D = κ                                                   Df = 1
     LeakyRNN      D = α,  Df = (1-α) φ'(a), φ(a) = (h_t - α h_{t-1})/(1-α)  (tanh, identity,
                   sigmoid, relu)
     DiagonalRNN   D = λ,  Df = sqrt(1 - λ²) (normalised) or 1
+
+The spiking cells' entries come from :func:`lif_jacobian` and :func:`alif_jacobian`, the one
+definition of the LIF/ALIF Jacobian: e-prop's forward eligibility recursion and its reverse
+adjoint (:mod:`chronograd.traces.eprop_network`, :mod:`chronograd.traces.eprop_evaluation`)
+use them too.
 """
 
 from __future__ import annotations
@@ -36,9 +42,42 @@ States = dict[str, Tensor]
 Formula = Callable[[Any, States, States], tuple[Tensor, Tensor] | None]
 
 
+Entry = Tensor | float
+
+
+def lif_jacobian(psi: Entry, alpha: Entry, threshold: float, reset: bool) -> Entry:
+    """``∂v_t/∂v_{t-1} = α − r v_th ψ`` of a LIF neuron (``r = 1`` when ``reset``, else 0).
+
+    ``psi``: ``ψ = ∂z_{t-1}/∂v_{t-1}`` (any shape; unused without ``reset``, which returns
+    ``alpha`` itself).
+    """
+    return alpha - threshold * psi if reset else alpha
+
+
+def alif_jacobian(
+    psi: Tensor, alpha: Entry, rho: Entry, beta: Entry, threshold: float, reset: bool
+) -> tuple[Entry, Entry, Tensor, Tensor]:
+    """The ALIF neuron's Jacobian ``∂(v_t, a_t)/∂(v_{t-1}, a_{t-1})`` as its four entries.
+
+    With ``ψ = ∂z_{t-1}/∂v_{t-1}`` (the spike ``z_{t-1}`` resets ``v`` by ``v_th`` and raises
+    the adaptation ``a`` by 1; the threshold is ``v_th + β a``) and ``r = 1`` when ``reset``::
+
+        [[dvv, dva],    [[α − r v_th ψ,   r v_th β ψ],
+         [dav, daa]] =   [ψ,              ρ − β ψ   ]]
+
+    This is the eligibility-vector matrix ``M_t`` of e-prop (Bellec et al. 2020, built from
+    ``ψ_{t-1}``) and the analytic ``D`` of the trace engine. Without ``reset`` ``dvv`` is
+    ``alpha`` itself and ``dva`` the float 0.
+    """
+    dvv = lif_jacobian(psi, alpha, threshold, reset)
+    dva: Entry = threshold * beta * psi if reset else 0.0
+    return dvv, dva, psi, rho - beta * psi
+
+
 def _psi(cell: Any, v: Tensor, threshold: Tensor | float) -> Tensor:
-    """``∂z/∂v · v_th``: the surrogate derivative at the normalised distance to threshold."""
-    return cell.surrogate.derivative((v - threshold) / cell.threshold)
+    """``ψ = ∂z/∂v``: the surrogate derivative at the normalised distance to threshold,
+    divided by the threshold."""
+    return cell.surrogate.derivative((v - threshold) / cell.threshold) / cell.threshold
 
 
 def _blocks(rows: list[list[Tensor | float]], like: Tensor) -> Tensor:
@@ -60,29 +99,26 @@ def _ones(like: Tensor) -> Tensor:
 
 def _lif(cell: LIF, prev: States, new: States) -> tuple[Tensor, Tensor]:
     v = prev["v"]
-    d: Tensor | float = cell.alpha
-    if not cell.detach_reset:
-        d = cell.alpha - _psi(cell, v, cell.threshold)
-    return _blocks([[d]], v), _ones(v)
+    reset = not cell.detach_reset
+    psi = _psi(cell, v, cell.threshold) if reset else 0.0
+    return _blocks([[lif_jacobian(psi, cell.alpha, cell.threshold, reset)]], v), _ones(v)
 
 
 def _alif(cell: ALIF, prev: States, new: States) -> tuple[Tensor, Tensor]:
     v, a = prev["v"], prev["a"]
     psi = _psi(cell, v, cell.threshold + cell.beta * a)
-    r = 0.0 if cell.detach_reset else 1.0
-    th = cell.threshold
-    D = _blocks(
-        [[cell.alpha - r * psi, r * psi * cell.beta], [psi / th, cell.rho - psi * cell.beta / th]],
-        v,
-    )
+    reset = not cell.detach_reset
+    dvv, dva, dav, daa = alif_jacobian(psi, cell.alpha, cell.rho, cell.beta, cell.threshold, reset)
+    D = _blocks([[dvv, dva], [dav, daa]], v)
     return D, torch.stack([torch.ones_like(v), torch.zeros_like(v)], -1)
 
 
 def _synaptic(cell: SynapticLIF, prev: States, new: States) -> tuple[Tensor, Tensor]:
     v = prev["v"]
-    r = 0.0 if cell.detach_reset else 1.0
-    psi = _psi(cell, v, cell.threshold) if r else 0.0
-    D = _blocks([[cell.alpha - r * psi, cell.alpha_syn], [0.0, cell.alpha_syn]], v)
+    reset = not cell.detach_reset
+    psi = _psi(cell, v, cell.threshold) if reset else 0.0
+    dvv = lif_jacobian(psi, cell.alpha, cell.threshold, reset)
+    D = _blocks([[dvv, cell.alpha_syn], [0.0, cell.alpha_syn]], v)
     return D, torch.ones(*v.shape, 2, dtype=v.dtype, device=v.device)
 
 

@@ -1,18 +1,25 @@
-"""Shared machinery of the eligibility-trace rules (D-RTRL, pp-prop): carry, chunk loop, checks.
+"""The chunk loop and carry of the eligibility-trace rules (D-RTRL, pp-prop), and their checks.
 
 A rule supplies a per-block callback that updates its traces from a
-:class:`~chronograd.traces.TraceBlock` and adds to the chunk's gradient; this module runs the
-chunk (hoisted input maps once, then engine blocks of up to :data:`BLOCK` steps), builds each
-block's loss from the objective's window weights (so the blocks' losses sum to the chunk's
-loss), adds the exact same-step gradients and, once per update, the regularizers' gradient.
-Blocks change nothing in the mathematics: every trace recursion is still per step.
+:class:`~chronograd.traces.TraceBlock` and adds to the chunk's gradient; :func:`run_chunk` runs
+the chunk (hoisted input maps once, then engine blocks of up to :data:`BLOCK` steps), builds
+each block's loss from the objective's window weights (so the blocks' losses sum to the chunk's
+loss), adds the exact same-step gradients and, once per update, the regularizers' gradient::
+
+    L_chunk = Σ_blocks Σ_{k ∈ block} w_k · ℓ_k
+
+Blocks change nothing in the mathematics: every trace recursion is still per step
+(:mod:`chronograd.traces.recursion`). :class:`TraceCarry` is immutable: a chunk returns a new
+carry. :func:`neuron_traces` and :func:`bias_traces` are the exact per-neuron and bias traces
+``e_t = D_t e_{t-1} + Dp_t`` (``Df_t`` for a bias) with gradient ``Σ_t <δ_t, e_t>`` (plus
+``<δ^prev_t, e_{t-1}>`` in multi-step mode).
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -25,6 +32,7 @@ from chronograd.rules.base import Grads, RuleStep, penalty_grads
 from chronograd.sequence import Span
 from chronograd.traces.compile import compile_graph
 from chronograd.traces.graph import TraceGraph
+from chronograd.traces.recursion import small_traces
 from chronograd.traces.structure import TraceBlock, add_into
 
 _DTYPES = {
@@ -36,9 +44,14 @@ _DTYPES = {
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, dict[Any, TraceGraph]] = weakref.WeakKeyDictionary()
 
 
-@dataclass
+@dataclass(frozen=True)
 class TraceCarry:
-    """The carry of the trace rules: traces of the current sequence, updated in place.
+    """The carry of the trace rules: the traces of the current sequence.
+
+    Immutable: :func:`run_chunk` returns a new carry (``n`` advanced, the graph set, fresh
+    dictionaries holding the traces). The trace tensors themselves are advanced in place by
+    the block callbacks (the engine's performance choice: a ``(S, B, I, H)`` trace is not
+    copied at every block), so a carry is consumed by the chunk it is passed to.
 
     Attributes:
         graph: the compiled trace graph (compiled at the first chunk).
@@ -129,16 +142,21 @@ def run_chunk(
 ) -> RuleStep:
     """Run one chunk through the trace engine, in blocks; ``on_block`` turns each into gradients.
 
-    ``on_block(graph, block, carry, grads)`` updates the traces in ``carry`` (``carry.n`` is the
-    number of steps before the block) and adds to ``grads``. Each block's loss is
-    ``Σ_k w_k · ℓ_k`` with the objective's window weights ``w``, so the blocks' losses sum to
-    the chunk's loss; a block whose weights are all zero skips the learning signal.
+    ``on_block(graph, block, carry, grads)`` advances the traces held in ``carry``'s
+    dictionaries (creating missing ones; ``carry.n`` is the number of steps before the block)
+    and adds to ``grads``. The chunk works on its own copies of the dictionaries and returns a
+    new carry with them; the carry passed in is not modified (its trace tensors are advanced
+    in place). Each block's loss is ``Σ_k w_k · ℓ_k`` with the objective's window weights
+    ``w``, so the blocks' losses sum to the chunk's loss; a block whose weights are all zero
+    skips the learning signal.
     ``readout``: passed to :meth:`TraceGraph.run` (D-RTRL's ``readout="filter"``).
     """
     T, B = xs.shape[0], xs.shape[1]
-    if carry.graph is None:
-        carry.graph = graph_for(model, xs[0], state, list(params))
-    graph = carry.graph
+    graph = carry.graph if carry.graph is not None else graph_for(model, xs[0], state, list(params))
+    carry = replace(
+        carry, graph=graph, weight=dict(carry.weight), bias=dict(carry.bias),
+        neuron=dict(carry.neuron), ex=dict(carry.ex), ef=dict(carry.ef),
+    )  # fmt: skip
     leaves = tree_leaves(state)
     ref = leaves[0] if leaves else xs
     w = objective.weights(
@@ -162,7 +180,7 @@ def run_chunk(
         )  # fmt: skip
         on_block(graph, blk, carry, grads)
         add_into(grads, blk.exact)
-        carry.n += b1 - b0
+        carry = replace(carry, n=carry.n + b1 - b0)
         state = blk.state
         outs.append(blk.outputs)
         total = total + blk.loss  # type: ignore[operator]
@@ -188,21 +206,6 @@ def time_slice(tree: Any, start: int, stop: int) -> Any:
 def add_grad(grads: dict[str, Tensor], name: str, value: Tensor) -> None:
     """``grads[name] += value`` (creating it)."""
     grads[name] = grads[name] + value if name in grads else value
-
-
-def small_traces(
-    e: Tensor, D: Tensor, src: Tensor, scale: float = 1.0, src_scale: float = 1.0
-) -> Tensor:
-    """Advance a ``(B, H, S)`` trace over a block in place and return its history.
-
-    ``e_k = scale · D_k e_{k-1} + src_scale · src_k`` for ``D`` (K, B, H, S, S) and ``src``
-    (K, B, H, S); returns ``(K + 1, B, H, S)``: ``[e_{-1}, e_0, ..., e_{K-1}]``.
-    """
-    hist = [e.clone()]
-    for k in range(D.shape[0]):
-        mix_small(e, D[k], src[k], scale, src_scale)
-        hist.append(e.clone())
-    return torch.stack(hist)
 
 
 def signal_grad(blk: TraceBlock, gi: int, hist: Tensor) -> Tensor | None:
@@ -257,33 +260,3 @@ def bias_traces(
         g = signal_grad(blk, r.group, small_traces(eb, blk.D[r.group], Df))
         if g is not None:
             add_grad(grads, r.bias, g.sum((0, 2)))
-
-
-def mix_small(
-    e: Tensor, D: Tensor, src: Tensor, scale: float = 1.0, src_scale: float = 1.0
-) -> None:
-    """In place ``e ← scale · (D e) + src_scale · src`` for ``(B, H, S)`` traces, ``D`` (B,H,S,S)."""
-    D = D if D.dtype == e.dtype else D.to(e.dtype)
-    if e.shape[-1] == 1:
-        e.mul_(D[..., 0] if scale == 1.0 else D[..., 0] * scale)
-    else:
-        e.copy_(matvec(D, e) * scale)
-    e.add_(src if src.dtype == e.dtype else src.to(e.dtype), alpha=src_scale)
-
-
-def matvec(D: Tensor, v: Tensor, transpose: bool = False) -> Tensor:
-    """Per-neuron ``D v`` (or ``Dᵀ v``): ``D`` (..., S, S), ``v`` (..., S) -> (..., S).
-
-    ``S = 1`` is a plain product; otherwise one ``einsum`` (on the CPU about 4x faster than
-    broadcasting and summing over the tiny ``S`` axis, for ``B·H`` blocks of ``S`` = 2 or 3).
-    """
-    if D.shape[-1] == 1:
-        return D[..., 0] * v
-    return torch.einsum("...ji,...j->...i" if transpose else "...ij,...j->...i", D, v)
-
-
-def matmul(A: Tensor, B: Tensor) -> Tensor:
-    """Per-neuron ``A B`` of ``(..., S, S)`` blocks (a batched matmul; ``S = 1``: a product)."""
-    if A.shape[-1] == 1:
-        return A * B
-    return torch.matmul(A, B)

@@ -1,8 +1,14 @@
-"""The two evaluations of e-prop's gradient for one update window (see :mod:`.eprop`).
+"""The two evaluations of e-prop's gradient for one update window (:mod:`chronograd.rules.eprop`).
+
+Both compute, for the network of :mod:`chronograd.traces.eprop_network`::
+
+    ∂E/∂W_ji = Σ_t Σ_b L^b_{j,t} F_κ(e^b_ji)_t        L_t = B ∂ℓ_t/∂y_t
+
+(plus the firing-rate regularizer's ``Σ_t λ^reg_j e_t`` and the readout's exact gradient):
 
 * :func:`online_chunk` — forward, in time: the eligibility traces are carried step by step
   (advanced once per block of up to 32 steps by an exact regrouping of the recursion,
-  :func:`chronograd.rules.drtrl.advance`; one step at a time when traces are norm-clipped),
+  :func:`chronograd.traces.recursion.advance`; one step at a time when traces are norm-clipped),
   so memory is flat in ``T`` and any window works (every step, every ``k`` steps, the whole
   sequence).
 * :func:`reverse_chunk` — backward, in time, for one update per sequence: the same sums
@@ -14,14 +20,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from chronograd.cells.lif import ALIF
 from chronograd.objectives import Objective
-from chronograd.rules._eprop_net import (
+from chronograd.rules.base import penalty_grads
+from chronograd.sequence import Span
+from chronograd.traces.analytic import alif_jacobian, lif_jacobian
+from chronograd.traces.chunk import BLOCK, add_grad, time_slice
+from chronograd.traces.eprop_network import (
     Block,
     Layout,
     Net,
@@ -33,16 +43,44 @@ from chronograd.rules._eprop_net import (
     run_block,
     transition,
 )
-from chronograd.rules._traces import BLOCK, add_grad, time_slice, trace_dtype_of
-from chronograd.rules.base import RuleStep, penalty_grads
-from chronograd.rules.drtrl import advance
-from chronograd.sequence import Span
-
-if TYPE_CHECKING:
-    from chronograd.rules.eprop import EProp, EPropCarry
+from chronograd.traces.recursion import advance
 
 
-def _rate_signal(rule: EProp, spikes: Tensor, count: int) -> Tensor:
+class Options(NamedTuple):
+    """The options of :class:`~chronograd.rules.EProp` the evaluations read.
+
+    Attributes:
+        trace_norm_clip: per-sample Frobenius-norm bound of ``F_κ(e)`` (None: no clip).
+        rate_target: target rate ``f*`` of the firing-rate regularizer (None: off).
+        rate_reg: its coefficient ``c_reg``.
+        trace_dtype: dtype of the traces (None: the input's).
+    """
+
+    trace_norm_clip: float | None
+    rate_target: float | None
+    rate_reg: float
+    trace_dtype: torch.dtype | None
+
+
+class Window(NamedTuple):
+    """What an evaluation returns for one window: the rule's step, less the carry.
+
+    Attributes:
+        grads: per trained parameter name, its gradient.
+        state: the model state after the window.
+        traces: the traces after the window (to carry into the next window of the sequence).
+        loss: the window's detached loss.
+        outputs: ``(T_w, B, O)`` the readout's outputs.
+    """
+
+    grads: dict[str, Tensor]
+    state: Any
+    traces: dict[str, Tensor]
+    loss: Tensor
+    outputs: Tensor
+
+
+def _rate_signal(rule: Options, spikes: Tensor, count: int) -> Tensor:
     """``∂E_reg/∂z_{b,t,j} = 2 c_reg (f̄_j − f*) / (B·T_w)`` for the window's mean rate ``f̄``.
 
     ``spikes`` (H,): the window's spike count per neuron; ``count = B · T_w``.
@@ -65,29 +103,30 @@ def _finish(
 
 
 def online_chunk(
-    rule: EProp,
+    rule: Options,
     net: Net,
     params: dict[str, Any],
     xs: Tensor,
     targets: Any,
     state: Any,
-    carry: EPropCarry,
+    traces: dict[str, Tensor],
     objective: Objective,
     span: Span,
     feedback: Tensor,
-) -> RuleStep:
-    """e-prop over one window ``xs`` (T_w, B, I) with traces carried in ``carry.traces``.
+) -> Window:
+    """e-prop over one window ``xs`` (T_w, B, I) with the traces ``traces`` carried in.
 
-    ``feedback``: ``B`` (H, O) for this window.
+    ``feedback``: ``B`` (H, O) for this window. ``traces`` is not modified (a new dictionary is
+    returned; its tensors are advanced in place).
     """
     T, Bsz = xs.shape[0], xs.shape[1]
-    traces = dict(carry.traces)
+    traces = dict(traces)
     names = net.names
     roles = [r for r in ("w_in", "b_in", "w_rec") if r in names and names[r] in params]
     kappa = net.readout.kappa
     rate = rule.rate_target is not None
     lay = layout(net.hidden, rate)
-    tdtype = trace_dtype_of(rule)
+    tdtype = rule.trace_dtype
     w = objective.weights(
         span.total, Bsz, start=span.start, stop=span.stop, device=xs.device, dtype=xs.dtype
     )
@@ -125,12 +164,11 @@ def online_chunk(
         for role in roles:
             _advance(rule, net, role, blk, lay, D, c, delta, traces, grads, tdtype)
     grads = _finish(params, grads, objective)
-    new = carry._replace(traces=traces)
-    return RuleStep(grads, state, new, total.detach(), torch.cat(outs))
+    return Window(grads, state, traces, total.detach(), torch.cat(outs))
 
 
 def _advance(
-    rule: EProp,
+    rule: Options,
     net: Net,
     role: str,
     blk: Block,
@@ -197,17 +235,17 @@ def _readout_grads(
 
 
 def reverse_chunk(
-    rule: EProp,
+    rule: Options,
     net: Net,
     params: dict[str, Any],
     xs: Tensor,
     targets: Any,
     state: Any,
-    carry: EPropCarry,
+    traces: dict[str, Tensor],
     objective: Objective,
     span: Span,
     feedback: Tensor,
-) -> RuleStep:
+) -> Window:
     """e-prop over the whole sequence ``xs`` (T, B, I) by the adjoint of the trace recursion.
 
     With ``ν_t = Σ_{s≥t} κ^{s-t} ∂ℓ_s/∂y_s`` (O), ``λ_t = B ν_t`` (+ the rate signal) is the
@@ -245,36 +283,49 @@ def reverse_chunk(
             u = relation_input(role, blk).reshape(T * Bsz, -1)
             grads[names[role]] = P.sum(0) if role == "b_in" else P.t() @ u
     grads = _finish(params, grads, objective)
-    return RuleStep(grads, blk.state, carry, loss, blk.y)
+    return Window(grads, blk.state, traces, loss, blk.y)
 
 
 def _adjoint(net: Net, blk: Block, lam: Tensor) -> Tensor:
-    """``p^v_t`` (T, B, H) of ``p_t = c_t λ_t + M_{t+1}ᵀ p_{t+1}`` (see :func:`reverse_chunk`)."""
+    """``p^v_t`` (T, B, H) of ``p_t = c_t λ_t + M_{t+1}ᵀ p_{t+1}`` (see :func:`reverse_chunk`).
+
+    ``M_{t+1}`` is the neuron's Jacobian (:func:`~chronograd.traces.analytic.alif_jacobian`)
+    built from ``ψ_t``; its entries are computed for all steps at once, so each step is the
+    transposed 2×2 (ALIF) or 1×1 (LIF) product ``p ← M_{t+1}ᵀ p`` and the source ``c_t λ_t``.
+    """
     hidden = net.hidden
     psi = blk.psi[1:]  # ψ_t, (T, B, H); M_{t+1} is built from ψ_t
-    r = 0.0 if hidden.detach_reset else 1.0
+    reset = not hidden.detach_reset
     th, alpha = hidden.threshold, hidden.alpha
     T = psi.shape[0]
     out = torch.empty_like(lam)
     pv = torch.zeros_like(lam[0])
+    s = psi * lam  # ψ_t λ_t: the v-part of c_t λ_t
     if isinstance(hidden, ALIF):
-        beta, rho = hidden.beta, hidden.rho
+        beta = hidden.beta
+        vv, va, av, aa = (
+            _per_step(m, psi, T) for m in alif_jacobian(psi, alpha, hidden.rho, beta, th, reset)
+        )
+        bs = beta * s  # βψ_t λ_t: the a-part of c_t λ_t is its negative
         pa = torch.zeros_like(pv)
         for t in range(T - 1, -1, -1):
             if t < T - 1:  # M_{t+1}ᵀ p_{t+1}
-                q = psi[t]
-                pv, pa = (
-                    (alpha - r * th * q) * pv + q * pa,
-                    r * th * beta * q * pv + (rho - beta * q) * pa,
-                )
-            s = psi[t] * lam[t]
-            pv = pv + s
-            pa = pa - beta * s
+                pv, pa = vv[t] * pv + av[t] * pa, va[t] * pv + aa[t] * pa
+            pv = pv + s[t]
+            pa = pa - bs[t]
             out[t] = pv
         return out
+    vv = _per_step(lif_jacobian(psi, alpha, th, reset), psi, T)
     for t in range(T - 1, -1, -1):
         if t < T - 1:
-            pv = (alpha - r * th * psi[t]) * pv
-        pv = pv + psi[t] * lam[t]
+            pv = vv[t] * pv
+        pv = pv + s[t]
         out[t] = pv
     return out
+
+
+def _per_step(m: Tensor | float, psi: Tensor, T: int) -> list[Any]:
+    """A Jacobian entry indexed by step: its ``T`` slices, or ``T`` times a constant entry."""
+    if isinstance(m, Tensor) and m.shape == psi.shape:
+        return list(m.unbind(0))
+    return [m] * T

@@ -1,6 +1,10 @@
 """The e-prop network ``Stack(LIF | ALIF, LeakyReadout)``: its forward pass and its eligibility
 recursions written from Bellec et al. (2020), in the step ordering of chronograd's cells.
 
+This is e-prop's fast path (:class:`~chronograd.rules.EProp`): the network is run with its
+own cells, without a graph, and the traces are advanced in closed form; the evaluations that
+contract them are in :mod:`chronograd.traces.eprop_evaluation`.
+
 Step ``t`` of the hidden layer (:mod:`chronograd.cells.lif`) receives ``u_t`` — ``x_t`` for
 ``W_in``, the constant 1 for its bias, ``z_{t-1}`` for ``W_rec`` — and, with
 ``ψ_t = ∂z_t/∂v_t = (γ/v_th) max(0, 1 − |v_t − A_t|/v_th)``, the eligibility vector
@@ -10,6 +14,10 @@ follows ``ε_t = M_t ε_{t-1} + (u_t, 0)`` with, ``r = 0`` when the reset's grad
 
     M_t = [[α − r v_th ψ_{t-1},   r v_th β ψ_{t-1}],
            [ψ_{t-1},              ρ − β ψ_{t-1}   ]]          (LIF: the top-left entry)
+
+(the neuron's own Jacobian, :func:`chronograd.traces.analytic.alif_jacobian` /
+:func:`~chronograd.traces.analytic.lif_jacobian`, the one definition shared with the trace
+engine and the reverse adjoint)
 
     e_t = ψ_t (ε^v_t − β ε^a_t)                   eligibility trace  [∂z_t/∂W_ji]_local
     F_t = κ F_{t-1} + e_t                          the readout-filtered trace F_κ(e)
@@ -39,6 +47,7 @@ from torch import Tensor, nn
 from chronograd.cells.lif import ALIF, LIF
 from chronograd.cells.readout import LeakyReadout
 from chronograd.cells.stack import Stack
+from chronograd.traces.analytic import alif_jacobian, lif_jacobian
 
 Hidden = LIF | ALIF
 HIDDEN_ROLES = ("w_in", "b_in", "w_rec")
@@ -193,25 +202,25 @@ def transition(
     c[..., F] = psi
     rows: list[tuple[int, Tensor]] = []
     if lay.fold:
-        if isinstance(hidden, ALIF):  # E = component 0
-            beta, rho = hidden.beta, hidden.rho
-            D[..., 0, 0] = rho - beta * psi
-            c[..., 0] = psi
+        if isinstance(hidden, ALIF):  # E = component 0: the a-row of M with ψ_t, r = 0
+            beta = hidden.beta
+            _, _, dav, daa = alif_jacobian(
+                psi, hidden.alpha, hidden.rho, beta, hidden.threshold, reset=False
+            )
+            D[..., 0, 0] = daa
+            c[..., 0] = dav
             rows = [(0, -beta * psi)]
     else:
         alpha, th = hidden.alpha, hidden.threshold
         if isinstance(hidden, ALIF):
-            beta, rho = hidden.beta, hidden.rho
-            m = [
-                [alpha - th * psi_prev, th * beta * psi_prev],
-                [psi_prev, rho - beta * psi_prev],
-            ]
-            D[..., 0, 0], D[..., 0, 1] = m[0][0], m[0][1]
-            D[..., 1, 0], D[..., 1, 1] = m[1][0], m[1][1]
-            cm = [psi * m[0][j] - beta * psi * m[1][j] for j in (0, 1)]  # c_tᵀ M_t
+            beta = hidden.beta
+            m = alif_jacobian(psi_prev, alpha, hidden.rho, beta, th, reset=True)
+            D[..., 0, 0], D[..., 0, 1] = m[0], m[1]
+            D[..., 1, 0], D[..., 1, 1] = m[2], m[3]
+            cm = [psi * m[j] - beta * psi * m[2 + j] for j in (0, 1)]  # c_tᵀ M_t
             rows = [(0, cm[0]), (1, cm[1])]
         else:
-            m0 = alpha - th * psi_prev
+            m0 = lif_jacobian(psi_prev, alpha, th, reset=True)
             D[..., 0, 0] = m0
             rows = [(0, psi * m0)]
         c[..., 0] = 1.0
