@@ -1,50 +1,22 @@
 """Command line: ``chronograd train``, ``tasks``, ``compare``, ``bench``, ``raster``.
 
 Errors print one line and exit with status 2 (1 for an unexpected failure); ``--debug`` shows
-the traceback.
+the traceback. Subcommands are registered in :mod:`chronograd.subcommands`.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from chronograd.subcommands import COMMANDS, Command, command, parse_options
 from chronograd.training.resume import TrainingInterrupted
 
-Command = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command]] = {}
-
-
-def command(
-    name: str, setup: Callable[[argparse.ArgumentParser], None]
-) -> Callable[[Command], Command]:
-    """Register a subcommand (other modules add theirs the same way)."""
-
-    def deco(fn: Command) -> Command:
-        COMMANDS[name] = (setup, fn)
-        return fn
-
-    return deco
-
-
-def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["k=3", "name=adam"]`` -> ``{"k": 3, "name": "adam"}`` (Python literals, else strings)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"option {pair!r} must look like key=value")
-        k, v = pair.split("=", 1)
-        try:
-            out[k.strip()] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            out[k.strip()] = v
-    return out
+__all__ = ["COMMANDS", "Command", "command", "main", "parse_options"]
 
 
 # -- train --------------------------------------------------------------------------------------

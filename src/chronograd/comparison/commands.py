@@ -1,4 +1,4 @@
-"""The ``compare``, ``bench`` and ``raster`` subcommands (registered in :mod:`chronograd.cli`).
+"""The ``compare``, ``bench`` and ``raster`` subcommands (registered by :mod:`chronograd.cli`).
 
 ``chronograd compare --task evidence --rules bptt,tbptt --epochs 8 --out runs/compare``
 ``chronograd bench --cell lif --rules bptt,tbptt --hidden 64,256,1024 --steps 100,1000,10000``
@@ -14,15 +14,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from chronograd.subcommands import parse_options
+
 #: Every rule name of the library; ``--rules`` defaults to all of them (the ones not installed
 #: are reported as such).
 ALL_RULES = "bptt,tbptt,rtrl,drtrl,pp-prop,eprop,ottt,sltt,fptt,rls"
-
-
-def _options(pairs: list[str]) -> dict[str, Any]:
-    from chronograd.cli import parse_options
-
-    return parse_options(pairs)
 
 
 def _line(name: str, args: argparse.Namespace, flags: dict[str, str]) -> str:
@@ -90,7 +86,8 @@ def compare_command(args: argparse.Namespace) -> int:
         args.task, args.rules, cell=args.cell, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
         seed=args.seed, batches=args.batches, batch_size=args.batch_size,
         align_batch=args.align_batch, device=args.device,
-        rule_options=rule_options(_options(args.rule_opt)), task_options=_options(args.task_opt),
+        rule_options=rule_options(parse_options(args.rule_opt)),
+        task_options=parse_options(args.task_opt),
         memory=not args.no_memory, max_seconds=args.max_seconds, raster=args.raster, out=args.out,
         command=_line("compare", args, COMPARE_FLAGS),
         log=(lambda _: None) if args.quiet else print,
@@ -152,7 +149,7 @@ def bench_command(args: argparse.Namespace) -> int:
         at_steps=args.at_steps, batch=args.batch, inputs=args.inputs, outputs=args.outputs,
         device=args.device, repeats=args.repeats, seed=args.seed, memory=not args.no_memory,
         max_seconds=args.max_seconds, max_memory_bytes=cap,
-        rule_options=rule_options(_options(args.rule_opt)), out=args.out,
+        rule_options=rule_options(parse_options(args.rule_opt)), out=args.out,
         command=_line("bench", args, BENCH_FLAGS), log=(lambda _: None) if args.quiet else print,
     )  # fmt: skip
     print(table(doc))
@@ -192,7 +189,9 @@ def raster_command(args: argparse.Namespace) -> int:
         info = json.loads((run / "metrics.json").read_text())
         checkpoint = checkpoint or str(run / "checkpoint.pt")
     task = make_task(
-        args.task or info.get("task", "evidence"), seed=args.seed, options=_options(args.task_opt)
+        args.task or info.get("task", "evidence"),
+        seed=args.seed,
+        options=parse_options(args.task_opt),
     )
     model = model_for_task(
         task, args.cell or info.get("cell"), args.hidden or info.get("hidden"), args.seed

@@ -16,7 +16,7 @@ from typing import Literal, final
 import torch
 from torch import Tensor
 
-from chronograd.tasks.base import _seed
+from chronograd.tasks.seeding import derive_seed
 
 Encode = Callable[[Tensor, torch.Generator], Tensor]  # x[idx] (B, ...) -> inputs (T, B, I)
 Target = Callable[[Tensor, int], Tensor]  # (y[idx] (B, ...), T) -> targets (T, B, ...)
@@ -33,7 +33,7 @@ def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[Tensor,
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     n_val = min(n - 1, max(1, round(n * val_fraction)))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(split_seed, 3)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(split_seed, 3)))
     return perm[n_val:], perm[:n_val]
 
 
@@ -96,12 +96,14 @@ class ArrayData:
         ``(seed, epoch)``, the validation split in order; the last batch may be smaller."""
         code = 0 if split == "train" else 1
         if split == "train":
-            g = torch.Generator().manual_seed(_seed(seed, code, epoch))
+            g = torch.Generator().manual_seed(derive_seed(seed, code, epoch))
             order = self.train_idx[torch.randperm(len(self.train_idx), generator=g)]
         else:
             order = self.val_idx
         for i, start in enumerate(range(0, len(order), batch_size)):
-            g = torch.Generator().manual_seed(_seed(seed, code, epoch, i, 1))  # spike encodings
+            g = torch.Generator().manual_seed(
+                derive_seed(seed, code, epoch, i, 1)
+            )  # spike encodings
             yield self.get(order[start : start + batch_size], g)
 
     def sample(self, batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from chronograd.objectives import Objective
+from chronograd.tasks.seeding import derive_seed
 
 if TYPE_CHECKING:
     from chronograd.tasks.arrays import ArrayData
@@ -42,13 +43,6 @@ class Metric:
 
     def __call__(self, outputs: Any, targets: Any) -> float:
         return float(self.fn(outputs, targets))
-
-
-def _seed(*parts: int) -> int:
-    s = 0x9E3779B97F4A7C15
-    for p in parts:
-        s = (s * 6364136223846793005 + (p & 0xFFFFFFFF) + 1442695040888963407) & ((1 << 63) - 1)
-    return s
 
 
 @dataclass(frozen=True)
@@ -93,7 +87,7 @@ class Task:
 
     def _batches(self, split: int, epoch: int, n: int) -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(n):
-            g = torch.Generator().manual_seed(_seed(self.seed, split, epoch, i))
+            g = torch.Generator().manual_seed(derive_seed(self.seed, split, epoch, i))
             yield self.sample(self.batch_size, g)
 
     def train(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -120,7 +114,7 @@ class Task:
 
     def batch(self, batch_size: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
         """One batch, for quick experiments and tests."""
-        g = torch.Generator().manual_seed(_seed(self.seed, 2, seed))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, 2, seed))
         return self.sample(batch_size or self.batch_size, g)
 
 

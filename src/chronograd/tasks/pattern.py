@@ -38,7 +38,6 @@ from torch import Tensor
 from chronograd.objectives import Objective
 from chronograd.tasks.base import (
     Task,
-    _seed,
     check_time_scale,
     poisson,
     positive_int,
@@ -47,6 +46,7 @@ from chronograd.tasks.base import (
     steps,
 )
 from chronograd.tasks.metrics import normalised_mse
+from chronograd.tasks.seeding import derive_seed
 
 PERIODS_MS = (1000.0, 500.0, 333.0, 200.0)
 
@@ -98,7 +98,7 @@ def pattern(
         )
     T = steps(duration_ms, s, "duration_ms")
     n_cycles = [int(duration_ms // p) for p in periods_ms]
-    g = torch.Generator().manual_seed(_seed(seed, 4))  # the frozen trial
+    g = torch.Generator().manual_seed(derive_seed(seed, 4))  # the frozen trial
     amplitudes = 0.5 + 1.5 * torch.rand(outputs, len(n_cycles), generator=g)  # U(0.5, 2)
     phases = 2 * math.pi * torch.rand(outputs, len(n_cycles), generator=g)  # U(0, 2π)
     target = sum_of_sines(T, n_cycles, amplitudes, phases)  # (T, O)

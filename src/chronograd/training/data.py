@@ -1,12 +1,35 @@
-"""Turning a batch from a data source into time-first tensors on the trainer's device."""
+"""Data sources of a trainer, and turning a batch into tensors on the trainer's device.
+
+A source is a re-iterable of batches (a list, a DataLoader) or a callable ``epoch -> batches``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 
 from chronograd._tree import tree_map
+
+Batches = Iterable[Any] | Callable[[int], Iterable[Any]]
+
+
+def check_reiterable(**sources: Batches | None) -> None:
+    """Refuse a one-shot iterator among ``sources``: it would be empty after the first epoch."""
+    for name, data in sources.items():
+        # isinstance, not iter(data) is data: creating a DataLoader iterator draws a seed from
+        # the global RNG, which would shift a resumed run's random stream.
+        if data is not None and not callable(data) and isinstance(data, Iterator):
+            raise ValueError(
+                f"{name} data is a one-shot iterator (it would be empty after the first "
+                "epoch); pass a list, a DataLoader, or a callable epoch -> batches"
+            )
+
+
+def epoch_batches(data: Batches, epoch: int) -> Iterable[Any]:
+    """The batches of ``epoch``: ``data(epoch)`` for a callable source, else ``data``."""
+    return data(epoch) if callable(data) and not hasattr(data, "__iter__") else data
 
 
 def default_prepare_batch(

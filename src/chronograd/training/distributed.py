@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from chronograd._tree import tree_leaves, tree_unflatten
+from chronograd.rules.base import Carry, LearningRule, PersistentCarry
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,16 @@ def setup(mode: bool | str | None, device: torch.device) -> DistributedContext |
         atexit.register(_destroy)
     ctx = DistributedContext(dist.get_rank(), dist.get_world_size())
     return ctx if ctx.world_size > 1 else None
+
+
+def start(
+    mode: bool | str | None, device: torch.device, model: nn.Module
+) -> DistributedContext | None:
+    """:func:`setup`, then rank 0's parameters and buffers of ``model`` on every rank."""
+    ctx = setup(mode, device)
+    if ctx is not None:
+        broadcast_module(model)
+    return ctx
 
 
 def _destroy() -> None:
@@ -162,3 +173,16 @@ def rank_batches(
         sampler.set_epoch(epoch)
         return batches
     return shard(batches, ctx)
+
+
+def shared_carry(
+    ctx: DistributedContext | None, rule: LearningRule, model: nn.Module, carry: Carry
+) -> Carry:
+    """``carry`` with rank 0's persistent part (e.g. random feedback) on every rank (``carry``
+    itself when not distributed)."""
+    if ctx is None or not isinstance(rule, PersistentCarry):
+        return carry
+    persistent = rule.carry_state_dict(carry)
+    if persistent is None:
+        return carry
+    return rule.load_carry_state_dict(model, broadcast_tree(persistent))

@@ -5,6 +5,10 @@
 the epoch for epoch events, the global batch count for batch events and the global chunk count
 for chunk events (Ignite's time-iteration events). Events are for observers only: logging,
 checkpoints, early stopping, progress. They never change the algorithm.
+
+:class:`Handlers` is the registry a trainer holds: ``trainer.on``/``add_handler``/``fire``
+delegate to it, with the counts of :func:`event_count` read from the trainer's
+:class:`TrainerState`.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import enum
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, final
+
+from chronograd.sequence import Span
 
 
 class Event(enum.Enum):
@@ -85,3 +91,66 @@ def check_handler(
             f"handler {getattr(handler, '__qualname__', handler)!r}{sig} cannot be called as "
             f"{expected} with args={args!r} kwargs={kwargs!r} for {event.name}: {e}"
         ) from None
+
+
+@dataclass
+class TrainerState:
+    """Where the run is: counters, the current chunk, the last losses and metrics."""
+
+    epoch: int = 0
+    iteration: int = 0
+    chunk: int = 0
+    span: Span | None = None
+    batch_loss: float = float("nan")
+    chunk_loss: float = float("nan")
+    metrics: dict[str, float] = field(default_factory=dict)
+    terminate: bool = False
+
+
+def event_count(event: Event, state: TrainerState) -> int:
+    """The counter ``every=``/``once=`` test for ``event``: epoch, global batch or chunk."""
+    if event.name.startswith("EPOCH") or event is Event.VALIDATION_COMPLETED:
+        return state.epoch
+    if event.name.startswith("BATCH"):
+        return state.iteration
+    if event.name.startswith("CHUNK"):
+        return state.chunk
+    return 1
+
+
+Handler = Callable[..., Any]
+Decorator = Callable[[Handler], Handler]
+_Entry = tuple[EventFilter, Handler, tuple[Any, ...], dict[str, Any]]
+
+
+@final
+class Handlers:
+    """Registered handlers, called in registration order."""
+
+    def __init__(self) -> None:
+        self._entries: list[_Entry] = []
+
+    def add(
+        self, event: Event | EventFilter, handler: Handler, *args: Any, **kwargs: Any
+    ) -> Handler:
+        """Register ``handler`` for ``event``; its signature is checked now (``TypeError``)."""
+        filt = as_filter(event)
+        check_handler(handler, filt.event, args, kwargs)
+        self._entries.append((filt, handler, args, kwargs))
+        return handler
+
+    def on(self, event: Event | EventFilter, *args: Any, **kwargs: Any) -> Decorator:
+        """Decorator form of :meth:`add`."""
+
+        def deco(fn: Handler) -> Handler:
+            self.add(event, fn, *args, **kwargs)
+            return fn
+
+        return deco
+
+    def fire(self, event: Event, count: int, *first: Any) -> None:
+        """Call every handler of ``event`` whose filter matches ``count`` as
+        ``handler(*first, *args, **kwargs)`` (a handler may register others meanwhile)."""
+        for filt, fn, args, kwargs in list(self._entries):
+            if filt.event is event and filt.matches(count):
+                fn(*first, *args, **kwargs)

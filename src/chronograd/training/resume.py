@@ -10,20 +10,48 @@ from __future__ import annotations
 import random
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from chronograd.rules.base import PersistentCarry
-
-if TYPE_CHECKING:
-    from chronograd.training.trainer import Trainer
+from chronograd.objectives import Objective
+from chronograd.rules.base import LearningRule, PersistentCarry
+from chronograd.training.distributed import DistributedContext, reduce_sums
+from chronograd.training.events import TrainerState
+from chronograd.training.history import History
 
 FORMAT = "chronograd.trainer/1"
+
+
+class Resumable(Protocol):
+    """What :func:`trainer_state_dict` and :func:`load_trainer_state` read and set (a
+    :class:`~chronograd.training.Trainer`)."""
+
+    carry: Any
+    progress: EpochProgress | None
+
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def rule(self) -> LearningRule: ...
+    @property
+    def objective(self) -> Objective: ...
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None: ...
+    @property
+    def scheduler(self) -> Any: ...
+    @property
+    def constraints(self) -> Sequence[object]: ...
+    @property
+    def state(self) -> TrainerState: ...
+    @property
+    def history(self) -> History: ...
+    @property
+    def extra_state(self) -> Mapping[str, Any]: ...
 
 
 @dataclass
@@ -41,6 +69,55 @@ class EpochProgress:
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng, "batches": self.batches, "total": self.total, "samples": self.samples,
                 "sums": dict(self.sums), "nonfinite": self.nonfinite, "elapsed": self.elapsed}  # fmt: skip
+
+    @classmethod
+    def start(cls) -> EpochProgress:
+        """A new epoch, with the RNG states at its start."""
+        return cls(rng=capture_rng())
+
+    def add(self, loss: float, nonfinite: int, size: int, metrics: Mapping[str, float]) -> None:
+        """Count a finished batch of ``size`` samples (``metrics``: its metric values)."""
+        self.total += loss * size
+        self.samples += size
+        self.nonfinite += nonfinite
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * size
+        self.batches += 1
+
+    def remaining(self, batches: Callable[[], Iterable[Any]]) -> Iterator[Any]:
+        """The batches of the epoch not done yet (the first ``self.batches`` are).
+
+        Resuming inside an epoch replays its data order: the RNG states of the epoch's start
+        are restored before ``batches()`` is called (a shuffling loader draws the same order),
+        and the current ones are put back once the batches already done have been skipped.
+        """
+        skip = self.batches
+        resume_rng = None
+        if skip > 0:
+            resume_rng = capture_rng()
+            restore_rng(self.rng)
+        for i, batch in enumerate(batches()):
+            if i < skip:
+                if i == skip - 1 and resume_rng is not None:
+                    restore_rng(resume_rng)
+                continue
+            yield batch
+
+    def means(
+        self, names: Sequence[str], distributed: DistributedContext | None
+    ) -> dict[str, float]:
+        """The epoch's ``loss``, metric ``names`` (sample-weighted means) and ``nonfinite``
+        count, summed over ranks first when ``distributed``."""
+        if self.samples == 0:
+            raise ValueError("the training data produced no batches this epoch")
+        sums = {"total": self.total, "samples": self.samples, "nonfinite": self.nonfinite,
+                **{f"m:{k}": self.sums.get(k, 0.0) for k in names}}  # fmt: skip
+        if distributed is not None:
+            sums = reduce_sums(sums)
+        n = sums["samples"]
+        record = {"loss": sums["total"] / n, **{k: sums[f"m:{k}"] / n for k in names}}
+        record["nonfinite"] = float(sums["nonfinite"])
+        return record
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -87,7 +164,21 @@ class SignalGuard:
         raise TrainingInterrupted(self.signum, path)
 
 
-def trainer_state_dict(trainer: Trainer) -> dict[str, Any]:
+def check_stateful(name: str, obj: Any, registered: Mapping[str, Any]) -> None:
+    """Raise unless ``obj`` has ``state_dict()`` and ``load_state_dict()`` and ``name`` is new."""
+    if not (
+        callable(getattr(obj, "state_dict", None))
+        and callable(getattr(obj, "load_state_dict", None))
+    ):
+        raise TypeError(
+            f"register_state needs an object with state_dict() and load_state_dict(), got "
+            f"{type(obj).__name__}"
+        )
+    if name in registered:
+        raise ValueError(f"a state named {name!r} is already registered with this trainer")
+
+
+def trainer_state_dict(trainer: Resumable) -> dict[str, Any]:
     """Everything needed to continue ``trainer``'s run exactly."""
     rule = trainer.rule if isinstance(trainer.rule, PersistentCarry) else None
     carry = None
@@ -115,7 +206,7 @@ def trainer_state_dict(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def load_trainer_state(trainer: Trainer, state: Mapping[str, Any]) -> None:
+def load_trainer_state(trainer: Resumable, state: Mapping[str, Any]) -> None:
     """Restore ``trainer`` from :func:`trainer_state_dict`'s result."""
     if state.get("format") != FORMAT:
         raise ValueError(f"not a chronograd trainer checkpoint (format={state.get('format')!r})")
