@@ -70,7 +70,8 @@ from chronograd.rules.base import (
     RuleStep,
     check_chunk_size,
 )
-from chronograd.traces.instantaneous import instantaneous_window
+from chronograd.sequence import unroll_states
+from chronograd.traces.instantaneous import check_replay_block, instantaneous_window
 from chronograd.traces.intercept import LinearCall, find_relations, intercept_linears
 
 Key = tuple[str, int]  # (weight name, position of the call in the step)
@@ -81,7 +82,12 @@ class _TracedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        z: Tensor, weight: Tensor, bias: Tensor | None, trace: Tensor, right: bool, ones: float
+        z: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        trace: Tensor,
+        right: bool,
+        ones: float | Tensor,
     ) -> Tensor:
         if not right:
             return F.linear(z, weight, bias)
@@ -106,8 +112,40 @@ class _TracedLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             dw = a2.t() @ g2 if ctx.right else g2.t() @ a2  # (I, H) or (H, I)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = g2.sum(0) * ctx.ones
+            ones = ctx.ones
+            if isinstance(ones, Tensor):  # one bias trace per row (steps replayed side by side)
+                db = (
+                    (grad * ones.reshape(ones.shape + (1,) * (grad.dim() - 1)))
+                    .reshape(-1, grad.shape[-1])
+                    .sum(0)
+                )
+            else:
+                db = g2.sum(0) * ones
         return dz, dw, db, None, None, None
+
+
+def _scan(
+    z: Tensor, steps: int, lam: float, prev: tuple[Tensor, float] | None
+) -> tuple[Tensor, Tensor]:
+    """Presynaptic traces of ``steps`` consecutive steps stacked along the batch.
+
+    ``z``: ``(K·B, ...)`` the relation's inputs of the ``K`` steps in order; ``prev``: the
+    trace and bias trace before the first of them. Returns ``â`` shaped like ``z`` and the
+    bias traces ``(K·B,)``, with ``â_k = λ â_{k-1} + z_k`` and ``c_k = λ c_{k-1} + 1``
+    (``â = z``, ``c = 1`` at the first step of a sequence).
+    """
+    zs = z.reshape(steps, -1, *z.shape[1:])  # (K, B, ...)
+    a, c = (None, 0.0) if prev is None else prev
+    out: list[Tensor] = []
+    ones: list[float] = []
+    for k in range(steps):
+        a = zs[k] if a is None else torch.add(zs[k], a, alpha=lam)
+        c = lam * c + 1.0 if out or prev is not None else 1.0
+        out.append(a)
+        ones.append(c)
+    rows = zs.shape[1]
+    c_t = torch.tensor(ones, dtype=z.dtype, device=z.device).repeat_interleave(rows)
+    return torch.stack(out).reshape(z.shape), c_t
 
 
 def check_form(call: LinearCall) -> None:
@@ -120,18 +158,22 @@ def check_form(call: LinearCall) -> None:
 
 
 def traced_linear(
-    call: LinearCall, weight: Tensor, bias: Tensor | None, trace: Tensor, ones: float = 1.0
+    call: LinearCall,
+    weight: Tensor,
+    bias: Tensor | None,
+    trace: Tensor,
+    ones: float | Tensor = 1.0,
 ) -> Tensor:
     """The relation's output with OTTT's gradients.
 
     Args:
         trace: ``â``, shaped like ``call.input``; the weight gradient is ``δᵀ â``.
-        ones: the trace of the bias's constant input 1 (``Σ_τ λ^{t-τ}``); ``∇b = ones · Σ δ``.
+        ones: the trace of the bias's constant input 1 (``Σ_τ λ^{t-τ}``); ``∇b = ones · Σ δ``;
+            a tensor ``(N,)`` gives one value per row of the input's first dimension.
     """
     check_form(call)
-    out: Tensor = _TracedLinear.apply(
-        call.input, weight, bias, trace, call.form == "right", float(ones)
-    )
+    ones = ones if isinstance(ones, Tensor) else float(ones)
+    out: Tensor = _TracedLinear.apply(call.input, weight, bias, trace, call.form == "right", ones)
     return out
 
 
@@ -258,15 +300,20 @@ class OTTT(LearningRule, PersistentCarry):
             not matched fall back to the default).
         trace_input: trace the relations fed by the raw network input too (default: they use
             the instantaneous input, as in the paper).
+        replay_block: steps replayed side by side as one batch after running in sequence
+            without a graph (their traces a scan over the block), one backward pass per block;
+            memory ``O(replay_block · B)``, flat in ``T``. ``None``: one graph per step.
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
     chunk_size: int | None = None
     decay: float | Mapping[str, float] | tuple[tuple[str, float], ...] | None = None
     trace_input: bool = False
+    replay_block: int | None = 32
 
     def _check(self) -> None:
         check_chunk_size(self.chunk_size)
+        check_replay_block(self.replay_block)
         if isinstance(self.decay, Mapping):
             object.__setattr__(self, "decay", tuple((str(k), v) for k, v in self.decay.items()))
         values: list[Any]
@@ -350,5 +397,38 @@ class OTTT(LearningRule, PersistentCarry):
                 out: tuple[Any, State] = model(x, s)
             return out
 
-        r = instantaneous_window(step, xs, targets, state, objective, span, dict(live))
+        def side_by_side(steps: int) -> Any:
+            """The handler for ``steps`` steps run as one batch: each relation's input
+            ``(K·B, I)`` holds the steps in order, so the traces are a scan over ``K``."""
+
+            def handler(call: LinearCall, default: Any) -> Tensor:
+                if call.weight not in live:
+                    out: Tensor = default()
+                    return out
+                key = (call.weight, call.position)
+                z = call.input.detach()
+                if key in raw:
+                    trace, ones = z, torch.ones(z.shape[0], dtype=z.dtype, device=z.device)
+                else:
+                    if call.weight not in decays:
+                        decays[call.weight] = relation_decay(model, call.weight, self._decay())
+                    trace, ones = _scan(z, steps, decays[call.weight], traces.get(key))
+                    traces[key] = (trace[-(z.shape[0] // steps) :], float(ones[-1]))
+                if not torch.is_grad_enabled():
+                    return default()
+                bias = named[call.bias] if call.bias is not None else None
+                return traced_linear(call, live[call.weight], bias, trace, ones)
+
+            return handler
+
+        def replay(x: Tensor, s: State, captured: list[Any]) -> tuple[Any, State]:
+            with intercept_linears(named, side_by_side(len(captured))):
+                out: tuple[Any, State] = model(x, s)
+            return out
+
+        r = instantaneous_window(
+            step, xs, targets, state, objective, span, dict(live),
+            replay=None if self.replay_block is None else replay, block=self.replay_block or 1,
+            segment=lambda x, s: unroll_states(model, x, s), replay_all=True,
+        )  # fmt: skip
         return RuleStep(r.grads, r.state, OTTTCarry(traces, raw, decays), r.loss, r.outputs)

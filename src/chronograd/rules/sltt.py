@@ -14,6 +14,10 @@ replacement among the steps that carry loss, from a seeded generator kept in the
 run is reproducible and a checkpoint resumes the same draws); the other steps run without a
 graph. The gradient is the plain sum over the chosen steps (no ``T/K`` rescaling).
 
+The back-propagated steps are replayed side by side in blocks of ``replay_block`` steps, one
+backward pass per block (:mod:`chronograd.traces.instantaneous`): the same gradient, computed
+as a few large matrix products; ``replay_block=None`` runs one graph per step.
+
 Meng, Xiao, Yan, Wang, Lin, Luo: "Towards Memory- and Time-Efficient Backpropagation for
 Training Spiking Neural Networks", ICCV 2023.
 """
@@ -36,7 +40,8 @@ from chronograd.rules.base import (
     RuleStep,
     check_chunk_size,
 )
-from chronograd.traces.instantaneous import instantaneous_window
+from chronograd.sequence import unroll_states
+from chronograd.traces.instantaneous import check_replay_block, instantaneous_window
 
 
 class SLTTCarry(NamedTuple):
@@ -61,14 +66,18 @@ class SLTT(LearningRule, PersistentCarry):
         chunk_size: steps per update: ``1`` (online), ``k``, or ``None`` (default: one update
             per sequence; the only choice with ``k``).
         seed: seed of SLTT-K's step generator.
+        replay_block: steps back-propagated together as one batch (memory ``O(replay_block ·
+            B)``, flat in ``T``); ``None``: one graph per step.
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
     k: int | None = None
     chunk_size: int | None = None
     seed: int = 0
+    replay_block: int | None = 32
 
     def _check(self) -> None:
+        check_replay_block(self.replay_block)
         if self.k is not None and (
             not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1
         ):
@@ -116,8 +125,16 @@ class SLTT(LearningRule, PersistentCarry):
             out: tuple[Any, State] = model(x, s)
             return out
 
+        def replay(x: Tensor, s: State, captured: list[Any]) -> tuple[Any, State]:
+            out: tuple[Any, State] = model(x, s)
+            return out
+
         live = dict(self.trained(model))
-        r = instantaneous_window(step, xs, targets, state, objective, span, live, select)
+        r = instantaneous_window(
+            step, xs, targets, state, objective, span, live, select,
+            replay=None if self.replay_block is None else replay, block=self.replay_block or 1,
+            segment=lambda x, s: unroll_states(model, x, s),
+        )  # fmt: skip
         if self.k is not None:
             rng = g.get_state()
         new = SLTTCarry(rng, c.graph_steps + r.graph_steps)
