@@ -133,3 +133,42 @@ def test_sltt_k_longer_than_the_sequence_is_refused():
         cg.gradient(cg.rules.SLTT(k=1000), model, xs, ys, cg.Objective("mse"))
     grads = cg.gradient(cg.rules.SLTT(k=10), model, xs, ys, cg.Objective("mse"))  # k = T is fine
     assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def _rnn():
+    torch.manual_seed(0)
+    return cg.Stack(cg.cells.LeakyRNN(3, 4), cg.cells.LeakyReadout(4, 2)).double()
+
+
+@pytest.mark.parametrize(
+    "xs, ys, error, phrase",
+    [
+        (torch.zeros(4, 2, 3, 1), torch.zeros(4, 2, 2), ValueError, r"must have shape \(T, B, 3\)"),
+        (
+            torch.zeros(4, 2, 3),
+            torch.zeros(4, 2, 2, dtype=torch.complex64),
+            TypeError,
+            "real numbers",
+        ),
+        (torch.zeros(4, 2, 3), torch.ones(4, 2, 2, dtype=torch.bool), TypeError, r"y\.float\(\)"),
+        (torch.zeros(4, 2, 3), torch.full((4, 2, 2), float("nan")), ValueError, "non-finite"),
+    ],
+)
+def test_python_inputs_found_by_the_fuzzer_are_refused(xs, ys, error, phrase):
+    xs = xs.double()
+    ys = ys.double() if ys.is_floating_point() else ys
+    with pytest.raises(error, match=phrase):
+        cg.gradient(cg.BPTT(), _rnn(), xs, ys, cg.Objective("mse"))
+
+
+@pytest.mark.parametrize(
+    "batch, error, phrase",
+    [
+        ((None, None), TypeError, "inputs must be a tensor"),
+        ((torch.tensor(1.0), None), ValueError, "must be time first"),
+    ],
+)
+def test_trainer_batches_that_are_not_time_first_tensors_are_refused(batch, error, phrase):
+    trainer = cg.training.Trainer(_rnn(), cg.BPTT(), cg.Objective("mse"), progress=False)
+    with pytest.raises(error, match=phrase):
+        trainer.fit([batch], 1)
