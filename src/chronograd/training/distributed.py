@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -109,7 +110,7 @@ def _describe(what: str, cause: BaseException) -> str:
                 time.sleep(0.1)
         except Exception:  # the store itself is unreachable: its host (rank 0) is gone
             silent = [0] if me != 0 else silent
-    cause_text = " ".join(str(cause).split())[:200]
+    cause_text = _backend_message(cause)
     if errors:
         who = "; ".join(f"rank {r} failed: {m}" for r, m in sorted(errors.items()))
     elif silent:
@@ -124,6 +125,15 @@ def _describe(what: str, cause: BaseException) -> str:
         f"distributed training stopped on rank {me} of {world} during {what}: {who}; "
         "fix the failing rank and restart (resume from the last checkpoint)"
     )
+
+
+def _backend_message(cause: BaseException) -> str:
+    """The backend's error, first sentence, without its source location: ``[pair.cc:553]
+    Connection closed by peer [127.0.0.1]:32679. This is ...`` -> ``Connection closed by peer
+    [127.0.0.1]:32679``."""
+    text = " ".join(str(cause).split())
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    return text.split(". ")[0].rstrip(".")[:200] or type(cause).__name__
 
 
 def _collective(what: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
