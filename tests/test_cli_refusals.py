@@ -125,6 +125,12 @@ def test_huge_values_in_user_data_are_refused_unless_allowed(tmp_path, capsys):
     assert code == 0
 
 
+def test_labels_implying_a_huge_number_of_classes_are_refused():
+    x, _ = _labelled(N=4)
+    with pytest.raises(ValueError, match=r"C <= 100000.*max\(y\) = 10000000.*return_inverse"):
+        cg.tasks.from_arrays(x, np.array([0, 1, 2, 10**7]))
+
+
 def test_sltt_k_longer_than_the_sequence_is_refused():
     torch.manual_seed(0)
     model = cg.Stack(cg.cells.LIF(3, 4), cg.cells.LeakyReadout(4, 2)).double()

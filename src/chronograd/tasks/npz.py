@@ -11,7 +11,7 @@ Magnitudes: inputs ``x`` and regression targets ``y`` with any ``|value| > max_a
 to nothing without an error (standardise them, ``(x - x.mean()) / x.std()``); pass
 ``max_abs=None`` (``--task-opt max_abs=None``) to accept any finite value, or a larger bound.
 
-- ``y`` of shape ``(N,)``: integer class labels ``0 … C-1``, classification from the last
+- ``y`` of shape ``(N,)``: integer class labels ``0 … C-1`` (``C <= MAX_CLASSES``), classification from the last
   ``last`` steps: cross-entropy loss, accuracy metric (chance: the share of the most frequent
   class in the validation split, what the best constant answer scores).
 - ``y`` of shape ``(N, T, O)``: regression at every step: MSE loss, normalised MSE metric
@@ -40,6 +40,8 @@ from chronograd.tasks.metrics import accuracy, normalised_mse
 SAVE_HINT = "save your data with numpy.savez(path, x=x, y=y)"
 #: The largest ``|x|`` (and ``|y|`` of regression targets) accepted unless ``max_abs`` says otherwise.
 MAX_ABS = 1e6
+#: The most classes a label array may imply (``max(y) + 1``): one network output per class.
+MAX_CLASSES = 100_000
 #: The options of :func:`from_arrays` (and :func:`from_npz`).
 OPTIONS = ("name", "last", "val_fraction", "split_seed", "batch_size", "seed", "max_abs")
 
@@ -127,6 +129,11 @@ def check_arrays(x: Any, y: Any, max_abs: float | None = MAX_ABS) -> str:
         if y.min() < 0:
             raise ValueError(
                 f"class labels must be >= 0, got min(y) = {y.min()}; relabel them 0..C-1"
+            )
+        if int(y.max()) >= MAX_CLASSES:
+            raise ValueError(
+                f"class labels must be 0..C-1 with C <= {MAX_CLASSES} (one output per class), got "
+                f"max(y) = {y.max()}; relabel them densely with np.unique(y, return_inverse=True)[1]"
             )
         if len(np.unique(y)) < 2:
             raise ValueError(f"y holds a single class ({y[0]}); classification needs at least two")
