@@ -1,7 +1,9 @@
 """Command line: ``chronograd train``, ``tasks``, ``compare``, ``bench``, ``raster``.
 
-Errors print one line and exit with status 2 (1 for an unexpected failure); ``--debug`` shows
-the traceback. Subcommands are registered in :mod:`chronograd.subcommands`.
+Errors print one line and exit with status 2: bad options or data, usage errors, damaged
+checkpoints, training that diverged (1 for an unexpected failure, and for another rank's
+failure under torchrun, named in that line); ``--debug`` shows the traceback. Subcommands are
+registered in :mod:`chronograd.subcommands`.
 """
 
 from __future__ import annotations
