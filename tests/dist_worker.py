@@ -3,11 +3,13 @@
 Launched twice with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set. For each
 ``[rule_name, options]`` in RULES_JSON, each rank trains one epoch on its half of a fixed
 batch (``shard=False``: the data is already per rank) and rank 0 writes the parameters to
-OUT_DIR/<index>.pt. ``MODE=fail`` makes rank 1 raise at its first batch.
+OUT_DIR/<index>.pt. ``MODE=fail`` makes rank 1 raise at its first batch, ``MODE=kill`` kills
+it with SIGKILL there.
 """
 
 import json
 import os
+import signal
 import sys
 
 import torch
@@ -49,6 +51,8 @@ def main(rules: str, out: str, mode: str) -> None:
                 raise ValueError("rank 1 failed on purpose")
 
             trainer.add_handler(Event.BATCH_STARTED, fail)
+        if mode == "kill" and rank == 1:
+            trainer.add_handler(Event.BATCH_STARTED, lambda t: os.kill(os.getpid(), signal.SIGKILL))
         trainer.fit([mine], epochs=1)
         if rank == 0:
             torch.save(model.state_dict(), os.path.join(out, f"{i}.pt"))

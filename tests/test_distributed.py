@@ -81,12 +81,46 @@ def test_two_ranks_with_half_batches_equal_one_process_on_the_full_batch(tmp_pat
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=f"{rule} {opts} carry")
 
 
+def _last_line(err: str) -> str:
+    return err.strip().splitlines()[-1]
+
+
 def test_a_rank_that_raises_ends_the_job_with_the_error(tmp_path):
     t0 = time.time()
-    (c0, _), (c1, e1) = _launch([["bptt", {}]], tmp_path, mode="fail", timeout=90)
+    (c0, e0), (c1, e1) = _launch([["bptt", {}]], tmp_path, mode="fail", timeout=90)
     assert c1 != 0 and "rank 1 failed on purpose" in e1
     assert c0 != 0, "rank 0 must not finish as if nothing happened"
+    # rank 0 names the failed rank and its error, not the backend's "connection reset"
+    last = _last_line(e0)
+    assert "DistributedFailure" in last, e0[-2000:]
+    assert "rank 1 failed: ValueError: rank 1 failed on purpose" in last
     assert time.time() - t0 < 90
+
+
+def test_a_killed_rank_is_named_by_the_survivor(tmp_path):
+    t0 = time.time()
+    (c0, e0), (c1, _) = _launch([["bptt", {}]], tmp_path, mode="kill", timeout=90)
+    assert c1 == -9 and c0 != 0
+    last = _last_line(e0)
+    assert "DistributedFailure" in last and "rank 1 stopped answering" in last, e0[-2000:]
+    assert ".cc:" not in last  # the backend's cause, without its source location
+    assert time.time() - t0 < 60  # ends at the broken connection, well within the timeout
+
+
+def test_the_cli_reports_a_distributed_failure_in_one_line(monkeypatch, tmp_path, capsys):
+    from chronograd.cli import main
+    from chronograd.training import Trainer
+    from chronograd.training.distributed import DistributedFailure
+
+    def fit(*a, **k):
+        raise DistributedFailure("distributed training stopped on rank 0 of 2: rank 1 failed")
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    argv = ["train", "--task-opt", "time_scale=0.05", "--hidden", "4", "--epochs", "1",
+            "--quiet", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("rank 1 failed") and "\n" not in err and "Traceback" not in err
 
 
 def test_rules_that_update_weights_directly_are_refused(monkeypatch):

@@ -1,7 +1,9 @@
 """Command line: ``chronograd train``, ``tasks``, ``compare``, ``bench``, ``raster``.
 
-Errors print one line and exit with status 2 (1 for an unexpected failure); ``--debug`` shows
-the traceback. Subcommands are registered in :mod:`chronograd.subcommands`.
+Errors print one line and exit with status 2: bad options or data, usage errors, damaged
+checkpoints, training that diverged (1 for an unexpected failure, and for another rank's
+failure under torchrun, named in that line); ``--debug`` shows the traceback. Subcommands are
+registered in :mod:`chronograd.subcommands`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from chronograd.subcommands import COMMANDS, Command, command, parse_options
+from chronograd.subcommands import (
+    COMMANDS,
+    Command,
+    check_device,
+    check_int,
+    check_out_dir,
+    check_positive_float,
+    command,
+    parse_options,
+)
+from chronograd.training.distributed import DistributedFailure, note_failure
 from chronograd.training.resume import TrainingInterrupted
 
 __all__ = ["COMMANDS", "Command", "command", "main", "parse_options"]
@@ -55,6 +68,25 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range options before anything is built (one line each, exit 2)."""
+    check_int("--hidden", args.hidden)
+    check_int("--epochs", args.epochs)
+    check_int("--chunk", args.chunk)
+    check_int("--checkpoint-every-batches", args.checkpoint_every_batches)
+    check_int("--seed", args.seed, least=0)
+    if args.seed >= 2**63:
+        raise ValueError(f"--seed must be below 2**63, got {args.seed}")
+    check_positive_float("--lr", args.lr)
+    check_out_dir("--out", args.out)
+    check_device(args.device)
+    if args.resume is not None and not Path(args.resume).is_file():
+        raise FileNotFoundError(
+            f"--resume {args.resume}: no such checkpoint file; pass a file such as "
+            f"{Path(args.out) / 'checkpoints' / 'last.pt'}"
+        )
+
+
 @command("train", _train_args)
 def train(args: argparse.Namespace) -> int:
     from chronograd import rules, tasks
@@ -63,6 +95,7 @@ def train(args: argparse.Namespace) -> int:
     from chronograd.reproducibility import seed_everything
     from chronograd.training import Checkpoint, Trainer
 
+    _check_train_args(args)
     seed_everything(args.seed, deterministic=args.deterministic)
     task_opts = parse_options(args.task_opt)
     if args.data:
@@ -71,8 +104,8 @@ def train(args: argparse.Namespace) -> int:
         task = tasks.get(args.task, seed=args.seed, **task_opts)
     hints = dict(task.suggested)
     cell = args.cell or hints.get("cell", "gru")
-    hidden = args.hidden or hints.get("hidden", 64)
-    lr = args.lr or hints.get("lr", 1e-3)
+    hidden = args.hidden if args.hidden is not None else hints.get("hidden", 64)
+    lr = args.lr if args.lr is not None else hints.get("lr", 1e-3)
     for k in ("cell", "hidden", "lr"):
         hints.pop(k, None)
     model = build_model(cell, task.input_size, task.output_size, hidden, **hints)
@@ -166,22 +199,41 @@ def _register_comparison() -> None:
 _register_comparison()
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if not isinstance(e, KeyError) else text.strip("'\"")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="chronograd", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = _Parser(prog="chronograd", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (setup, _) in COMMANDS.items():
         setup(sub.add_parser(name))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, one line printed)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return COMMANDS[args.command][1](args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, ImportError) as e:
+    except (ValueError, TypeError, OSError, KeyError, ImportError) as e:
+        note_failure(e)  # under torchrun: the other ranks name this one
         if args.debug:
             raise
-        print(f"chronograd {args.command}: error: {e}", file=sys.stderr)
+        print(f"chronograd {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except DistributedFailure as e:
+        if args.debug:
+            raise
+        print(f"chronograd {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     except TrainingInterrupted as e:
         print(f"chronograd {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum

@@ -40,6 +40,8 @@ def mse(outputs: Tensor, targets: Tensor) -> Tensor:
             f"mse: outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} must have "
             "the same shape"
         )
+    if targets.dtype == torch.bool:
+        raise TypeError("mse: targets must be numbers, got dtype torch.bool; pass y.float()")
     d = (outputs - targets) ** 2
     return d.flatten(2).mean(-1) if d.dim() > 2 else d
 

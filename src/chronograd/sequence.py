@@ -69,7 +69,7 @@ def check_sequence(xs: Any, cell: nn.Module | None = None, name: str = "xs") -> 
     if xs.shape[0] == 0 or xs.shape[1] == 0:
         raise ValueError(f"`{name}` is empty: shape {tuple(xs.shape)} (need T >= 1 and B >= 1)")
     expected = getattr(cell, "input_size", None) if cell is not None else None
-    if expected is not None and xs.dim() == 3 and xs.shape[-1] != expected:
+    if expected is not None and (xs.dim() != 3 or xs.shape[-1] != expected):
         raise ValueError(
             f"`{name}` must have shape (T, B, {expected}) for this cell, got {tuple(xs.shape)}"
         )

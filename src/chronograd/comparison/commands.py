@@ -14,7 +14,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from chronograd.subcommands import parse_options
+from chronograd.subcommands import (
+    check_device,
+    check_int,
+    check_out_dir,
+    check_positive_float,
+    parse_options,
+)
 
 #: Every rule name of the library; ``--rules`` defaults to all of them (the ones not installed
 #: are reported as such).
@@ -36,6 +42,19 @@ def _line(name: str, args: argparse.Namespace, flags: dict[str, str]) -> str:
         else:
             parts += [flag, str(v)]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def _none_ran(entries: list[dict[str, Any]], name: str) -> None:
+    """Refuse (exit 2) a comparison in which no requested rule ran: its table is empty."""
+    if any(e["status"] == "ok" for e in entries):
+        return
+    from chronograd import rules
+
+    why = "; ".join(f"{e['name']}: {e['reason']}" for e in entries)
+    raise ValueError(
+        f"no requested rule ran, so the {name} table is empty ({why}); pass rule names from "
+        f"{', '.join(sorted(rules.RULES))}, e.g. --rules bptt,tbptt"
+    )
 
 
 # -- compare ------------------------------------------------------------------------------------
@@ -82,6 +101,12 @@ def compare_command(args: argparse.Namespace) -> int:
     from chronograd.comparison.report import compare_table as table
     from chronograd.comparison.side_by_side import compare
 
+    for flag in ("hidden", "epochs", "batches", "batch_size", "align_batch"):
+        check_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    check_positive_float("--lr", args.lr)
+    check_positive_float("--max-seconds", args.max_seconds)
+    check_out_dir("--out", args.out)
+    check_device(args.device)
     doc = compare(
         args.task, args.rules, cell=args.cell, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
         seed=args.seed, batches=args.batches, batch_size=args.batch_size,
@@ -96,6 +121,7 @@ def compare_command(args: argparse.Namespace) -> int:
     print(
         f"\nOutputs in {args.out}/: compare.json, compare.csv, compare.md, learning_curves.png, alignment.png"
     )
+    _none_ran(doc["rules"], "compare")
     return 0
 
 
@@ -143,6 +169,12 @@ def bench_command(args: argparse.Namespace) -> int:
     from chronograd.comparison.report import bench_table as table
     from chronograd.comparison.scaling import bench
 
+    for flag in ("at_hidden", "at_steps", "batch", "inputs", "outputs", "repeats"):
+        check_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    check_positive_float("--max-seconds", args.max_seconds)
+    check_positive_float("--max-memory-gb", args.max_memory_gb)
+    check_out_dir("--out", args.out)
+    check_device(args.device)
     cap = None if args.max_memory_gb is None else int(args.max_memory_gb * 2**30)
     doc = bench(
         args.cell, args.rules, hidden=args.hidden, steps=args.steps, at_hidden=args.at_hidden,
@@ -154,6 +186,7 @@ def bench_command(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(table(doc))
     print(f"\nOutputs in {args.out}/: bench.json, bench.md, scaling_T.png, scaling_N.png")
+    _none_ran(doc["rules"], "bench")
     return 0
 
 
@@ -178,6 +211,7 @@ def raster_command(args: argparse.Namespace) -> int:
     from chronograd.training import load
     from chronograd.viz import raster
 
+    check_int("--hidden", args.hidden)
     info: dict[str, Any] = {}
     checkpoint = args.checkpoint
     if args.run is not None:
@@ -194,7 +228,10 @@ def raster_command(args: argparse.Namespace) -> int:
         options=parse_options(args.task_opt),
     )
     model = model_for_task(
-        task, args.cell or info.get("cell"), args.hidden or info.get("hidden"), args.seed
+        task,
+        args.cell or info.get("cell"),
+        args.hidden if args.hidden is not None else info.get("hidden"),
+        args.seed,
     )
     if checkpoint is not None:
         state = load(checkpoint, map_location="cpu")

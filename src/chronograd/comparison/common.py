@@ -161,7 +161,7 @@ def model_for_task(task: Task, cell: str | None, hidden: int | None, seed: int) 
         cell or task.suggested.get("cell", "gru"),
         task.input_size,
         task.output_size,
-        hidden or task.suggested.get("hidden", 64),
+        hidden if hidden is not None else task.suggested.get("hidden", 64),
         **model_hints(task),
     )
 

@@ -54,6 +54,7 @@ JSON schema (``compare.json``; ``null`` wherever a value is undefined or not fin
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -223,8 +224,12 @@ def compare(
     dev = torch.device(device)
     t = make_task(task, seed=seed, options=task_options, batch_size=batch_size, batches=batches)
     cell_name = cell or t.suggested.get("cell", "gru")
-    n_hidden = hidden or t.suggested.get("hidden", 64)
-    rate = lr or t.suggested.get("lr", 1e-3)
+    n_hidden = hidden if hidden is not None else t.suggested.get("hidden", 64)
+    rate = lr if lr is not None else t.suggested.get("lr", 1e-3)
+    if not isinstance(n_hidden, int) or isinstance(n_hidden, bool) or n_hidden < 1:
+        raise ValueError(f"hidden must be a positive int, got {n_hidden!r}")
+    if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {rate!r}")
     model0 = model_for_task(t, cell_name, n_hidden, seed).to(dev)
     xs, ys = t.batch(align_batch, seed=seed)
     xs, ys = xs.to(dev), ys.to(dev)

@@ -60,8 +60,9 @@ class SequenceResult:
     nonfinite: int = 0
 
 
-class NonFiniteError(FloatingPointError):
-    """An update's gradient held NaN or inf and the rule's policy is ``nonfinite="raise"``."""
+class NonFiniteError(FloatingPointError, ValueError):
+    """An update's gradient held NaN or inf and the rule's policy is ``nonfinite="raise"``
+    (also a ``ValueError``: a wrong value, which the command line reports in one line)."""
 
 
 def _finite(grads: Grads | None) -> list[str]:
@@ -115,6 +116,12 @@ def check_targets(xs: Tensor, targets: Any) -> None:
     if not leaves:
         raise TypeError("targets must be a tensor (or a dict of tensors), time first")
     for t in leaves:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"targets must be tensors, time first, got {type(t).__name__}")
+        if t.is_complex():
+            raise TypeError(
+                f"targets must be real numbers, got dtype {t.dtype}; pass t.real or t.abs()"
+            )
         if t.dim() < 2 or t.shape[0] != xs.shape[0] or t.shape[1] != xs.shape[1]:
             raise ValueError(
                 f"targets must be time-first with the inputs' (T, B) = {tuple(xs.shape[:2])}, got "

@@ -10,7 +10,8 @@ instantaneous presynaptic input::
 With ``chunk_size=1`` (one update per step, each step's loss its own window) it is TBPTT(1).
 
 SLTT-K (``k=K``) back-propagates at only ``K`` steps per sequence, drawn uniformly without
-replacement among the steps that carry loss, from a seeded generator kept in the carry (so a
+replacement among the steps that carry loss (``K <= T``, checked at a sequence's first
+chunk), from a seeded generator kept in the carry (so a
 run is reproducible and a checkpoint resumes the same draws); the other steps run without a
 graph. The gradient is the plain sum over the chosen steps (no ``T/K`` rescaling).
 
@@ -108,6 +109,12 @@ class SLTT(LearningRule, PersistentCarry):
     ) -> RuleStep:
         xs, targets, span = chunk
         c: SLTTCarry = carry
+        if self.k is not None and span.start == 0 and self.k > span.total:
+            raise ValueError(
+                f"SLTT(k={self.k}) back-propagates at k steps per sequence, but this sequence "
+                f"has T={span.total} steps; use k <= {span.total} (k=None back-propagates at "
+                "every step)"
+            )
         rng = c.rng
         select = None
         if self.k is not None:

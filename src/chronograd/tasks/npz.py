@@ -6,7 +6,12 @@ directly. Both validate the arrays and raise ``TypeError`` (wrong kind of data: 
 ``x``, non-integer labels, object arrays) or ``ValueError`` (wrong shape, mismatched lengths,
 NaN or inf, empty arrays) saying what was expected, what came and how to fix it.
 
-- ``y`` of shape ``(N,)``: integer class labels ``0 … C-1``, classification from the last
+Magnitudes: inputs ``x`` and regression targets ``y`` with any ``|value| > max_abs`` (default
+:data:`MAX_ABS` = 1e6) are refused, since such values overflow or saturate the cells and train
+to nothing without an error (standardise them, ``(x - x.mean()) / x.std()``); pass
+``max_abs=None`` (``--task-opt max_abs=None``) to accept any finite value, or a larger bound.
+
+- ``y`` of shape ``(N,)``: integer class labels ``0 … C-1`` (``C <= MAX_CLASSES``), classification from the last
   ``last`` steps: cross-entropy loss, accuracy metric (chance: the share of the most frequent
   class in the validation split, what the best constant answer scores).
 - ``y`` of shape ``(N, T, O)``: regression at every step: MSE loss, normalised MSE metric
@@ -33,6 +38,12 @@ from chronograd.tasks.digits import majority_chance
 from chronograd.tasks.metrics import accuracy, normalised_mse
 
 SAVE_HINT = "save your data with numpy.savez(path, x=x, y=y)"
+#: The largest ``|x|`` (and ``|y|`` of regression targets) accepted unless ``max_abs`` says otherwise.
+MAX_ABS = 1e6
+#: The most classes a label array may imply (``max(y) + 1``): one network output per class.
+MAX_CLASSES = 100_000
+#: The options of :func:`from_arrays` (and :func:`from_npz`).
+OPTIONS = ("name", "last", "val_fraction", "split_seed", "batch_size", "seed", "max_abs")
 
 
 def _check_numeric(name: str, a: np.ndarray, what: str) -> None:
@@ -61,8 +72,25 @@ def _check_finite(name: str, a: np.ndarray) -> None:
             )
 
 
-def check_arrays(x: Any, y: Any) -> str:
+def _check_magnitude(name: str, a: np.ndarray, max_abs: float | None) -> None:
+    if max_abs is None or a.size == 0:
+        return
+    biggest = float(np.max(np.abs(a.astype(np.float64))))
+    if biggest > max_abs:
+        raise ValueError(
+            f"{name} holds values up to |{name}| = {biggest:.3g}, above max_abs = {max_abs:.3g} "
+            f"(such values saturate or overflow the network); standardise {name} "
+            f"((x - x.mean()) / x.std()), or pass max_abs=None (--task-opt max_abs=None) "
+            "if they are meant"
+        )
+
+
+def check_arrays(x: Any, y: Any, max_abs: float | None = MAX_ABS) -> str:
     """Validate ``x`` and ``y``; return ``"labels"`` or ``"sequences"`` (the kind of ``y``)."""
+    if max_abs is not None and (
+        isinstance(max_abs, bool) or not isinstance(max_abs, (int, float)) or not max_abs > 0
+    ):
+        raise ValueError(f"max_abs must be a number > 0 or None, got {max_abs!r}")
     for name, a in (("x", x), ("y", y)):
         if not isinstance(a, np.ndarray):
             raise TypeError(
@@ -77,6 +105,7 @@ def check_arrays(x: Any, y: Any) -> str:
     if 0 in x.shape:
         raise ValueError(f"x is empty: shape {x.shape}; every one of N, T and I must be >= 1")
     _check_finite("x", x)
+    _check_magnitude("x", x, max_abs)
     N, T, _ = x.shape
     if y.ndim == 1:
         _check_numeric("y", y, "integer class labels of shape (N,)")
@@ -101,6 +130,11 @@ def check_arrays(x: Any, y: Any) -> str:
             raise ValueError(
                 f"class labels must be >= 0, got min(y) = {y.min()}; relabel them 0..C-1"
             )
+        if int(y.max()) >= MAX_CLASSES:
+            raise ValueError(
+                f"class labels must be 0..C-1 with C <= {MAX_CLASSES} (one output per class), got "
+                f"max(y) = {y.max()}; relabel them densely with np.unique(y, return_inverse=True)[1]"
+            )
         if len(np.unique(y)) < 2:
             raise ValueError(f"y holds a single class ({y[0]}); classification needs at least two")
         return "labels"
@@ -110,6 +144,7 @@ def check_arrays(x: Any, y: Any) -> str:
             f"{y.shape}"
         )
     _check_finite("y", y)
+    _check_magnitude("y", y, max_abs)
     return "sequences"
 
 
@@ -123,9 +158,10 @@ def from_arrays(
     split_seed: int = 0,
     batch_size: int = 32,
     seed: int = 0,
+    max_abs: float | None = MAX_ABS,
 ) -> Task:
     """A task from arrays ``x (N, T, I)`` and ``y (N,)`` or ``(N, T, O)`` (see the module doc)."""
-    kind = check_arrays(x, y)
+    kind = check_arrays(x, y, max_abs)
     positive_int("batch_size", batch_size)
     positive_int("last", last)
     N, T, I = x.shape
@@ -171,6 +207,12 @@ def from_arrays(
 
 def from_npz(path: str | Path, **options: Any) -> Task:
     """A task from an ``.npz`` archive holding ``x`` and ``y`` (options: as :func:`from_arrays`)."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"option(s) {', '.join(unknown)} do not apply to a data file (they belong to the "
+            f"built-in tasks); a data file takes {', '.join(OPTIONS)}"
+        )
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no data file at {path}; {SAVE_HINT}")

@@ -1,7 +1,7 @@
 """Training: the trainer, its events, history, handlers and checkpoint files."""
 
 from chronograd.training.apply import apply_to_model, run_sequence
-from chronograd.training.checkpoint import UnsafeCheckpointError, load, save
+from chronograd.training.checkpoint import CorruptCheckpointError, UnsafeCheckpointError, load, save
 from chronograd.training.data import default_prepare_batch
 from chronograd.training.events import Event, EventFilter
 from chronograd.training.handlers import Checkpoint, EarlyStopping, ProgressBar
@@ -17,6 +17,7 @@ from chronograd.training.trainer import Trainer, TrainerState
 
 __all__ = [
     "Checkpoint",
+    "CorruptCheckpointError",
     "EarlyStopping",
     "Event",
     "EventFilter",

@@ -42,6 +42,16 @@ def default_prepare_batch(
             + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
         )
     x, y = batch
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"a batch's inputs must be a tensor of shape (T, B, I) (time first), got "
+            f"{type(x).__name__}; yield (x, y) pairs of tensors, e.g. torch.as_tensor(x)"
+        )
+    if x.dim() < 2:
+        raise ValueError(
+            f"a batch's inputs must be time first, (T, B, I), got shape {tuple(x.shape)}; add "
+            "the missing axes (one sequence: x[:, None], one feature: x[..., None])"
+        )
     if device is None:
         return x, y
     return (

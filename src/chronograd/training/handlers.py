@@ -102,7 +102,8 @@ class Checkpoint:
 
     ``every_batches=n`` also writes ``last.pt`` every ``n`` batches (a run killed mid-epoch
     resumes from its last batch boundary). Attaching makes ``last.pt`` the trainer's
-    ``interrupt_checkpoint`` (written on SIGTERM/SIGINT).
+    ``interrupt_checkpoint`` (written on SIGTERM/SIGINT). :meth:`resume` continues from the
+    newest intact file of the directory (a damaged ``last.pt`` falls back to a kept epoch file).
     """
 
     def __init__(
@@ -133,6 +134,25 @@ class Checkpoint:
 
     def _batch(self, trainer: Any) -> None:
         trainer.save_checkpoint(self.directory / "last.pt")
+
+    def resume(self, trainer: Any) -> Path | None:
+        """Continue ``trainer`` from this directory's newest intact checkpoint: ``last.pt``, or
+        when it is damaged the newest kept ``epoch_*.pt`` (with a warning saying so).
+
+        Returns:
+            The file resumed from, or None when the directory holds no checkpoint yet.
+        """
+        from chronograd.training.resume import load_checkpoint
+
+        last = self.directory / "last.pt"
+        if not last.is_file():
+            kept = sorted(self.directory.glob("epoch_*.pt"))
+            if not kept:
+                return None
+            last = kept[-1]
+        state, used = load_checkpoint(last, map_location=trainer.device)
+        trainer.load_state_dict(state)
+        return used
 
     def __call__(self, trainer: Any) -> None:
         if not trainer.is_main:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from chronograd.objectives import Objective
 from chronograd.rules.base import LearningRule, PersistentCarry
+from chronograd.training import checkpoint as ckpt
 from chronograd.training.distributed import DistributedContext, reduce_sums
 from chronograd.training.events import TrainerState
 from chronograd.training.history import History
@@ -253,6 +255,45 @@ def load_trainer_state(trainer: Resumable, state: Mapping[str, Any]) -> None:
         for obj, sd in zip(objs, saved):
             if sd is not None and isinstance(obj, nn.Module):
                 obj.load_state_dict(sd)
+
+
+def fallbacks(path: Path) -> list[Path]:
+    """The checkpoints kept beside ``path`` by :class:`~chronograd.training.Checkpoint` that
+    can stand in for it, newest first: every ``epoch_*.pt`` for ``last.pt``/``best.pt``, the
+    earlier ones for ``epoch_N.pt``."""
+    kept = sorted(path.parent.glob("epoch_*.pt"), reverse=True)
+    if path.name.startswith("epoch_"):
+        return [p for p in kept if p.name < path.name]
+    return [p for p in kept if p != path]
+
+
+def load_checkpoint(path: str | Path, map_location: Any = None) -> tuple[Any, Path]:
+    """Load checkpoint ``path``; when it is damaged (truncated or altered), the newest intact
+    one of :func:`fallbacks` instead, with a ``UserWarning`` that says so.
+
+    Returns:
+        The loaded state and the path it came from.
+
+    Raises:
+        CorruptCheckpointError: ``path`` is damaged and no kept checkpoint can stand in.
+    """
+    path = Path(path)
+    try:
+        return ckpt.load(path, map_location=map_location), path
+    except ckpt.CorruptCheckpointError as damaged:
+        for other in fallbacks(path):
+            try:
+                state = ckpt.load(other, map_location=map_location)
+            except ckpt.CorruptCheckpointError:
+                continue
+            warnings.warn(
+                f"{damaged} -- resuming from {other}, the newest intact checkpoint kept "
+                "beside it, instead",
+                UserWarning,
+                stacklevel=3,
+            )
+            return state, other
+        raise
 
 
 def capture_rng() -> dict[str, Any]:

@@ -44,6 +44,7 @@ from chronograd.training.resume import (
     EpochProgress,
     SignalGuard,
     check_stateful,
+    load_checkpoint,
     load_trainer_state,
     trainer_state_dict,
 )
@@ -295,5 +296,9 @@ class Trainer:
         return ckpt.save(self.state_dict(), path)
 
     def resume(self, path: str | Path) -> None:
-        """Load a checkpoint written by :meth:`save_checkpoint`; ``fit`` then continues the run."""
-        self.load_state_dict(ckpt.load(path, map_location=self.device))
+        """Load a checkpoint written by :meth:`save_checkpoint`; ``fit`` then continues the run.
+
+        A damaged file (checksum mismatch, truncated) is refused before anything is loaded; when
+        a :class:`~chronograd.training.Checkpoint` kept older files beside it, the newest
+        intact one is used instead, with a warning (see :func:`resume.load_checkpoint`)."""
+        self.load_state_dict(load_checkpoint(path, map_location=self.device)[0])
