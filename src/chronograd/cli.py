@@ -57,6 +57,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @command("train", _train_args)
 def train(args: argparse.Namespace) -> int:
+    """``chronograd train``: train on a task or ``--data``; write metrics, checkpoint, curve."""
     from chronograd import rules, tasks
     from chronograd.models import build_model
     from chronograd.plotting import learning_curve
@@ -139,6 +140,7 @@ def _tasks_args(p: argparse.ArgumentParser) -> None:
 
 @command("tasks", _tasks_args)
 def list_tasks(args: argparse.Namespace) -> int:
+    """``chronograd tasks``: list the registered tasks with their sizes and trivial baselines."""
     from chronograd import tasks
 
     for name in tasks.available():
@@ -167,6 +169,7 @@ _register_comparison()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv``); returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="chronograd", description=__doc__.splitlines()[0] if __doc__ else None
     )
