@@ -74,7 +74,7 @@ def test_the_docstring_check_finds_a_missing_docstring(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text('"""A package."""\n')
     (pkg / "good.py").write_text(
         '"""Documented."""\n\n\ndef f():\n    """Says what."""\n\n\n'
-        "class C:\n    \"\"\"A class.\"\"\"\n\n    def m(self):\n        pass\n\n"
+        'class C:\n    """A class."""\n\n    def m(self):\n        pass\n\n'
         "    def _hidden(self):\n        pass\n"
     )
     (pkg / "bad.py").write_text("def g():\n    pass\n\n\ndef _private():\n    pass\n")

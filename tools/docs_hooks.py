@@ -6,8 +6,10 @@
   dotted path has a part starting with ``_`` is private), so a new module gets its page
   without anyone editing a list.
 - ``on_files``: generates those API pages (a ``::: module`` directive each, rendered by
-  mkdocstrings) and the plots of the "which rule?" page, made by running ``chronograd
-  compare`` on a tiny task at build time.
+  mkdocstrings), one page per benchmark result file (``benchmarks/results/*.md`` with its
+  plots, as the benchmark scripts wrote them) and the plots of the "which rule?" page, made by
+  running ``chronograd compare`` on a tiny task at build time.
+- ``on_page_markdown``: puts that tiny comparison's table on the "which rule?" page.
 """
 
 from __future__ import annotations
@@ -23,18 +25,21 @@ from typing import Any
 PACKAGE = "chronograd"
 API_DIR = "api"
 PLOT_DIR = "generated"
+BENCH_DIR = "benchmarks"
 COMPARE_MARK = "<!-- compare-table -->"
 _TABLE: dict[str, str] = {}
 
-# The tiny comparison whose plots the "which rule?" page shows: a few seconds on one core.
-COMPARE = {
+# The tiny comparison whose table and plots the "which rule?" page shows: evidence accumulation
+# shortened to T = 90 steps, 8 neurons, two epochs of two batches of 4: a few seconds on one core.
+COMPARE: dict[str, Any] = {
     "task": "evidence",
+    "task_options": {"time_scale": 0.04, "val_batches": 1},
     "rules": "bptt,tbptt,eprop,ottt",
-    "hidden": 16,
+    "hidden": 8,
     "epochs": 2,
-    "batches": 3,
-    "batch_size": 8,
-    "align_batch": 8,
+    "batches": 2,
+    "batch_size": 4,
+    "align_batch": 4,
     "memory": False,
 }
 
@@ -128,6 +133,15 @@ def api_path(module: str) -> str:
     return f"{API_DIR}/{module}.md"
 
 
+def benchmark_results(root: Path) -> list[Path]:
+    """The result files the benchmark scripts wrote (``benchmarks/results/*.md``), sorted."""
+    return sorted((root / "benchmarks" / "results").glob("*.md"))
+
+
+def _root(config: Any) -> Path:
+    return Path(config["config_file_path"]).resolve().parent
+
+
 def on_config(config: Any) -> Any:
     from mkdocs.exceptions import PluginError
 
@@ -139,6 +153,8 @@ def on_config(config: Any) -> Any:
         )
     modules = public_modules()
     nav = config["nav"]
+    results = benchmark_results(_root(config))
+    nav.append({"Benchmark results": [{r.stem: f"{BENCH_DIR}/{r.name}"} for r in results]})
     nav.append({"API reference": [{m: api_path(m)} for m in modules]})
     return config
 
@@ -148,6 +164,9 @@ def on_files(files: Any, config: Any) -> Any:
 
     for module in public_modules():
         files.append(File.generated(config, api_path(module), content=api_page(module)))
+    results = _root(config) / "benchmarks" / "results"
+    for path in sorted(results.glob("*.md")) + sorted(results.glob("*.png")):
+        files.append(File.generated(config, f"{BENCH_DIR}/{path.name}", content=path.read_bytes()))
     for name, data in comparison_plots().items():
         files.append(File.generated(config, f"{PLOT_DIR}/{name}", content=data))
     return files
@@ -156,7 +175,9 @@ def on_files(files: Any, config: Any) -> Any:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     """Put the tiny comparison's table where a page says ``<!-- compare-table -->``."""
     if COMPARE_MARK in markdown:
-        markdown = markdown.replace(COMPARE_MARK, _TABLE.get("md", ""))
+        call = ", ".join(f"{k}={v!r}" for k, v in COMPARE.items())
+        table = f"`chronograd.comparison.compare({call})`\n\n" + _TABLE["md"]
+        markdown = markdown.replace(COMPARE_MARK, table)
     return markdown
 
 
@@ -165,7 +186,7 @@ def comparison_plots() -> dict[str, bytes]:
     from chronograd.comparison import compare
 
     with tempfile.TemporaryDirectory() as out:
-        compare(**COMPARE, out=out, log=lambda *_: None)  # type: ignore[arg-type]
+        compare(**COMPARE, out=out, log=lambda *_: None)
         _TABLE["md"] = (Path(out) / "compare.md").read_text()
         names = ("learning_curves.png", "alignment.png")
         return {n: (Path(out) / n).read_bytes() for n in names}
