@@ -98,3 +98,25 @@ def test_the_api_reference_covers_every_public_module():
     assert hooks.api_page("chronograd.rules.bptt") == (
         "# `chronograd.rules.bptt`\n\n::: chronograd.rules.bptt\n"
     )
+
+
+def test_the_docstring_extension_moves_the_shared_options_note_and_rewrites_roles():
+    pytest.importorskip("griffe")
+    spec = importlib.util.spec_from_file_location(
+        "griffe_docstrings", ROOT / "tools" / "griffe_docstrings.py"
+    )
+    assert spec is not None and spec.loader is not None
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    doc = (
+        "A rule.\n\nArgs:\n    k: steps.\n    (plus the options shared by every rule, see\n"
+        "        :class:`~chronograd.rules.LearningRule`)\n\nReturns:\n    nothing."
+    )
+    assert ext.roles_to_code(ext.move_plus_note(doc)) == (
+        "A rule.\n\nArgs:\n    k: steps.\n\nReturns:\n    nothing.\n\n"
+        "Plus the options shared by every rule, see `LearningRule`."
+    )
+    assert (
+        ext.move_plus_note("No note.\n\nArgs:\n    k: steps.") == "No note.\n\nArgs:\n    k: steps."
+    )
+    assert ext.roles_to_code(":func:`chronograd.gradient`") == "`chronograd.gradient`"
