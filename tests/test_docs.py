@@ -120,3 +120,9 @@ def test_the_docstring_extension_moves_the_shared_options_note_and_rewrites_role
         ext.move_plus_note("No note.\n\nArgs:\n    k: steps.") == "No note.\n\nArgs:\n    k: steps."
     )
     assert ext.roles_to_code(":func:`chronograd.gradient`") == "`chronograd.gradient`"
+
+
+def test_pipes_escaped_for_github_are_unescaped_in_table_code_spans_only():
+    fix = _hooks().unescape_table_code
+    assert fix("| `a\\|b` | x \\| y |") == "| `a|b` | x \\| y |"
+    assert fix("text `a\\|b`") == "text `a\\|b`"

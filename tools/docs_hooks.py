@@ -172,8 +172,24 @@ def on_files(files: Any, config: Any) -> Any:
     return files
 
 
+def unescape_table_code(markdown: str) -> str:
+    """Drop the backslash of ``\\|`` inside code spans of table rows.
+
+    GitHub needs the escape there; Python-Markdown's tables already skip pipes inside code
+    spans and would print the backslash.
+    """
+    lines = markdown.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("|") and "\\|" in line:
+            parts = line.split("`")
+            lines[i] = "`".join(p.replace("\\|", "|") if k % 2 else p for k, p in enumerate(parts))
+    return "\n".join(lines)
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    """Put the tiny comparison's table where a page says ``<!-- compare-table -->``."""
+    """Put the tiny comparison's table where a page says ``<!-- compare-table -->``, and
+    unescape pipes in tables' code spans (:func:`unescape_table_code`)."""
+    markdown = unescape_table_code(markdown)
     if COMPARE_MARK in markdown:
         call = ", ".join(f"{k}={v!r}" for k, v in COMPARE.items())
         table = f"`chronograd.comparison.compare({call})`\n\n" + _TABLE["md"]
