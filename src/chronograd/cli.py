@@ -89,6 +89,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 @command("train", _train_args)
 def train(args: argparse.Namespace) -> int:
+    """``chronograd train``: train on a task or ``--data``; write metrics, checkpoint, curve."""
     from chronograd import rules, tasks
     from chronograd.models import build_model
     from chronograd.plotting import learning_curve
@@ -172,6 +173,7 @@ def _tasks_args(p: argparse.ArgumentParser) -> None:
 
 @command("tasks", _tasks_args)
 def list_tasks(args: argparse.Namespace) -> int:
+    """``chronograd tasks``: list the registered tasks with their sizes and trivial baselines."""
     from chronograd import tasks
 
     for name in tasks.available():
@@ -212,6 +214,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv``); returns the exit status."""
     parser = _Parser(prog="chronograd", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -194,6 +194,7 @@ class DaleSign(nn.Module):
         return raw.abs() * self.signs.to(raw.dtype)
 
     def right_inverse(self, weight: Tensor) -> Tensor:
+        """The raw weight that gives ``weight`` (itself: the sign is applied on the next read)."""
         return weight
 
 

@@ -38,7 +38,7 @@ def build_model(
         tau_out: readout leak time constant (``κ = exp(-1/τ_out)``); default: none for rate
             cells, ``tau_mem`` for spiking cells.
         recurrent: include recurrent weights.
-        other keyword hints (from ``Task.suggested``) are ignored.
+        **_: other keyword hints (from ``Task.suggested``) are ignored.
 
     Returns:
         ``Stack(cell, LeakyReadout)``.

@@ -36,6 +36,7 @@ class Span(NamedTuple):
 
     @property
     def length(self) -> int:
+        """Number of steps in the span, ``stop - start``."""
         return self.stop - self.start
 
 

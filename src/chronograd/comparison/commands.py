@@ -68,6 +68,7 @@ COMPARE_FLAGS = {
 
 
 def compare_args(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``chronograd compare`` to the parser ``p``."""
     p.add_argument("--task", default="evidence", help="task name (see `chronograd tasks`)")
     p.add_argument("--rules", default=ALL_RULES, help=f"comma-separated (default: {ALL_RULES})")
     p.add_argument("--cell", default=None, help="rnn, gru, lif, alif, lsnn (default: the task's)")
@@ -97,6 +98,7 @@ def compare_args(p: argparse.ArgumentParser) -> None:
 
 
 def compare_command(args: argparse.Namespace) -> int:
+    """``chronograd compare``: run :func:`~chronograd.comparison.compare` and print its table."""
     from chronograd.comparison.common import rule_options
     from chronograd.comparison.report import compare_table as table
     from chronograd.comparison.side_by_side import compare
@@ -136,6 +138,7 @@ BENCH_FLAGS = {
 
 
 def bench_args(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``chronograd bench`` to the parser ``p``."""
     p.add_argument("--cell", default="lif", help="rnn, gru, lif, alif, lsnn")
     p.add_argument("--rules", default="bptt,tbptt", help="comma-separated rule names")
     p.add_argument("--hidden", default="64,256,1024", help="the N sweep")
@@ -165,6 +168,7 @@ def bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    """``chronograd bench``: run :func:`~chronograd.comparison.bench` and print its table."""
     from chronograd.comparison.common import rule_options
     from chronograd.comparison.report import bench_table as table
     from chronograd.comparison.scaling import bench
@@ -192,6 +196,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
 # -- raster -------------------------------------------------------------------------------------
 def raster_args(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``chronograd raster`` to the parser ``p``."""
     p.add_argument("--run", default=None, help="a `chronograd train` output directory")
     p.add_argument("--task", default=None, help="task name (default: the run's, or evidence)")
     p.add_argument("--cell", default=None, help="cell (default: the run's, or the task's)")
@@ -206,6 +211,7 @@ def raster_args(p: argparse.ArgumentParser) -> None:
 
 
 def raster_command(args: argparse.Namespace) -> int:
+    """``chronograd raster``: plot spikes, membranes and readout of one validation sequence."""
     from chronograd.activity import record
     from chronograd.comparison.common import make_task, model_for_task
     from chronograd.training import load

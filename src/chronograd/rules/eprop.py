@@ -118,7 +118,7 @@ class EProp(LearningRule, PersistentCarry, AfterUpdate):
         save_feedback, load_feedback: whether trainer checkpoints save / restore ``B``
             (without it, ``B`` is drawn again from its seed).
         (plus the options shared by every rule, see :class:`LearningRule`: ``params``,
-        ``nonfinite``)
+            ``nonfinite``)
     """
 
     feedback: Literal["symmetric", "random", "adaptive"] = "symmetric"

@@ -102,7 +102,7 @@ class FPTT(LearningRule, PersistentCarry, AfterUpdate):
         correction: ``c``, the weight of the previous gradient in the regulariser (``½``: the
             paper; ``1``: the authors' released code).
         (plus the options shared by every rule, see :class:`LearningRule`; a trainer's
-        ``transform=clip_by_global_norm(c)`` clips the gradient of ``ℓ^R_t``)
+            ``transform=clip_by_global_norm(c)`` clips the gradient of ``ℓ^R_t``)
     """
 
     accumulate_refused: ClassVar[str | None] = (

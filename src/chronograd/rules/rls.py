@@ -114,7 +114,7 @@ class RLS(LearningRule, PersistentCarry):
         max_p_bytes: refuse (``ValueError``) to build a ``P`` larger than this.
         p_dtype: ``"float32"`` / ``"float64"`` for ``P`` (default: the parameter's dtype).
         (plus ``params`` and ``nonfinite``, see :class:`LearningRule`; gradient transforms
-        and ``accumulate`` do not apply and raise)
+            and ``accumulate`` do not apply and raise)
     """
 
     needs_optimizer: ClassVar[bool] = False

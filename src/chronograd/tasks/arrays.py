@@ -81,6 +81,7 @@ class ArrayData:
             raise ValueError("both the training and the validation split must be non-empty")
 
     def n_batches(self, split: Literal["train", "val"], batch_size: int) -> int:
+        """Batches of ``batch_size`` in ``split`` (the last one may be smaller)."""
         n = len(self.train_idx if split == "train" else self.val_idx)
         return -(-n // batch_size)
 

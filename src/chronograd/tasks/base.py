@@ -141,6 +141,7 @@ def get(name: str, **options: Any) -> Task:
 
 
 def available() -> list[str]:
+    """The names of the registered tasks, sorted."""
     return sorted(TASKS)
 
 
@@ -160,6 +161,7 @@ def encode(rates: Tensor, g: torch.Generator, encoding: str) -> Tensor:
 
 
 def check_encoding(encoding: Any) -> str:
+    """Return ``encoding`` if it is one of ``ENCODINGS``, else raise ``ValueError``."""
     if encoding not in ENCODINGS:
         raise ValueError(
             f"encoding must be one of {ENCODINGS} (Poisson spike trains, or their firing "
@@ -169,6 +171,7 @@ def check_encoding(encoding: Any) -> str:
 
 
 def check_time_scale(time_scale: Any) -> float:
+    """Return ``time_scale`` as a float in (0, 1]; ``TypeError`` / ``ValueError`` otherwise."""
     if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)):
         raise TypeError(f"time_scale must be a number in (0, 1], got {type(time_scale).__name__}")
     if not 0 < time_scale <= 1:
@@ -201,6 +204,7 @@ def rate_per_step(hz: float, time_scale: float) -> float:
 
 
 def positive_int(name: str, v: Any) -> int:
+    """Return ``v`` if it is an int >= 1, else raise ``ValueError`` naming ``name``."""
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
     return v

@@ -99,9 +99,11 @@ class Curriculum:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
+        """The current length and solved count, for checkpoints."""
         return {"length": self.length, "solved": self.solved}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s values (``ValueError``: a length out of range)."""
         length, solved = int(state["length"]), int(state["solved"])
         if not 1 <= length <= self.max_length:
             raise ValueError(

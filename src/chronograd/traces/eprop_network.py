@@ -170,6 +170,7 @@ class Layout(NamedTuple):
 
 
 def layout(hidden: Hidden, with_sum: bool) -> Layout:
+    """Where each trace component of ``hidden`` lives (ε components, filtered trace, sum)."""
     fold = hidden.detach_reset
     eps = (0 if fold else 1) + (1 if isinstance(hidden, ALIF) else 0)  # ε components kept
     return Layout(eps + 1 + int(with_sum), eps, eps + 1 if with_sum else None, fold)

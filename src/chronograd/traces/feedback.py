@@ -53,6 +53,7 @@ FEEDBACKS = ("symmetric", "random", "adaptive")
 
 
 def check_generator(name: object) -> str:
+    """Return ``name`` if it is a known feedback generator, else raise ``ValueError``."""
     if name not in GENERATORS:
         raise ValueError(
             f"unknown feedback generator {name!r}; expected one of {', '.join(GENERATORS)}"

@@ -119,6 +119,7 @@ class TraceGraph:
     # -- inspection -----------------------------------------------------------------------------
     @property
     def model(self) -> nn.Module:
+        """The model the graph was compiled for (``RuntimeError`` once it was freed)."""
         m = self._model()
         if m is None:
             raise RuntimeError("the model this trace graph was compiled for no longer exists")

@@ -25,10 +25,12 @@ from chronograd.traces.structure import StepOf
 
 
 def nonzero(t: Tensor | None, scale: float = 1.0) -> bool:
+    """Whether ``t`` exists and is not zero relative to ``scale``."""
     return t is not None and bool(t.abs().max() > 1e-10 * max(1.0, scale))
 
 
 def close(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` agree to about 1e-8 relative (probing runs in float64)."""
     a, b = a.detach(), b.detach()
     scale = float(torch.maximum(a.abs().max(), b.abs().max()))
     return bool((a - b).abs().max() <= 1e-8 * max(scale, 1e-30) + 1e-12)
@@ -64,6 +66,7 @@ class Probe:
         self.trained = set(trained)
 
     def step_fn(self) -> Any:
+        """The function of one step probed: the hoisted step, or the model itself."""
         return self.model.step if self.hoisted else self.model
 
     def _hoist(self) -> tuple[bool, Any, list[LinearCall], list[Tensor], dict[int, int]]:
@@ -149,8 +152,10 @@ class Probe:
 
 
 def group_hits(groups: Sequence[HiddenGroup], tangents: Sequence[Tensor]) -> list[int]:
+    """Indices of the hidden groups that a tangent in ``tangents`` reaches."""
     return [gi for gi, g in enumerate(groups) if any(nonzero(tangents[k]) for k in g.leaves)]
 
 
 def stack_group(g: HiddenGroup, tangents: Sequence[Tensor]) -> Tensor:
+    """The tangents of group ``g``'s state variables stacked as ``(B, H, S)``."""
     return torch.stack([tangents[k] for k in g.leaves], -1)  # (B, H, S)

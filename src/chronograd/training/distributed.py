@@ -154,6 +154,7 @@ class DistributedContext:
 
     @property
     def is_main(self) -> bool:
+        """Whether this process is rank 0 (the one that writes files)."""
         return self.rank == 0
 
 

@@ -57,6 +57,7 @@ class EventFilter:
                 raise ValueError(f"{name}= must be a positive int, got {v!r}")
 
     def matches(self, count: int) -> bool:
+        """Whether the event's ``count``-th firing passes ``every`` / ``once``."""
         if self.every is not None:
             return count % self.every == 0
         if self.once is not None:
@@ -65,6 +66,7 @@ class EventFilter:
 
 
 def as_filter(event: Event | EventFilter) -> EventFilter:
+    """``event`` as an :class:`EventFilter` (a bare :class:`Event` fires every time)."""
     if isinstance(event, EventFilter):
         return event
     if isinstance(event, Event):

@@ -20,6 +20,7 @@ class ProgressBar:
         self._epochs: int | None = None
 
     def attach(self, trainer: Any) -> ProgressBar:
+        """Register the bar's epoch and batch handlers on ``trainer``; returns ``self``."""
         trainer.add_handler(Event.EPOCH_STARTED, self._epoch_started)
         trainer.add_handler(Event.BATCH_COMPLETED(every=self.every), self._batch)
         trainer.add_handler(Event.EPOCH_COMPLETED, self._epoch_completed)
@@ -74,6 +75,7 @@ class EarlyStopping:
         self.bad_epochs = 0
 
     def attach(self, trainer: Any) -> EarlyStopping:
+        """Run after every epoch of ``trainer``; returns ``self``."""
         trainer.add_handler(Event.EPOCH_COMPLETED, self)
         return self
 
@@ -126,6 +128,7 @@ class Checkpoint:
         self.saved: list[Path] = []
 
     def attach(self, trainer: Any) -> Checkpoint:
+        """Save after epochs (and every ``every_batches`` batches); returns ``self``."""
         trainer.add_handler(Event.EPOCH_COMPLETED(every=self.every), self)
         if self.every_batches is not None:
             trainer.add_handler(Event.BATCH_COMPLETED(every=self.every_batches), self._batch)

@@ -17,6 +17,7 @@ class History:
         self.records: list[dict[str, float]] = list(records or [])
 
     def append(self, epoch: int, **values: float) -> None:
+        """Add the record of ``epoch`` with its ``values``."""
         self.records.append({"epoch": float(epoch), **{k: float(v) for k, v in values.items()}})
 
     def update_last(self, **values: float) -> None:
@@ -27,6 +28,7 @@ class History:
 
     @property
     def keys(self) -> list[str]:
+        """Every key recorded so far, in first-seen order."""
         seen: dict[str, None] = {}
         for r in self.records:
             for k in r:
@@ -45,18 +47,22 @@ class History:
         return len(self.records)
 
     def last(self, key: str) -> float:
+        """The last recorded value of ``key``."""
         return self[key][-1]
 
     def best(self, key: str, mode: str = "min") -> float:
+        """The smallest (``mode="min"``) or largest finite value of ``key``."""
         vals = [v for v in self[key] if not math.isnan(v)]
         if not vals:
             raise ValueError(f"no finite {key!r} values in history")
         return min(vals) if mode == "min" else max(vals)
 
     def state_dict(self) -> dict[str, Any]:
+        """The records, for checkpoints."""
         return {"records": [dict(r) for r in self.records]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace the records with :meth:`state_dict`'s."""
         self.records = [dict(r) for r in state["records"]]
 
     def __repr__(self) -> str:

@@ -55,6 +55,7 @@ class RegularizerStep:
         self.last = float("nan")
 
     def attach(self, trainer: Any) -> RegularizerStep:
+        """Step after every applied update of ``trainer``; returns ``self``."""
         self.regularizer.to(trainer.device)
         event = Event.BATCH_COMPLETED if trainer.accumulate else Event.CHUNK_COMPLETED
         trainer.add_handler(event, self)

@@ -37,23 +37,40 @@ class Resumable(Protocol):
     progress: EpochProgress | None
 
     @property
-    def model(self) -> nn.Module: ...
+    def model(self) -> nn.Module:
+        """The model being trained."""
+
     @property
-    def rule(self) -> LearningRule: ...
+    def rule(self) -> LearningRule:
+        """The learning rule."""
+
     @property
-    def objective(self) -> Objective: ...
+    def objective(self) -> Objective:
+        """The objective."""
+
     @property
-    def optimizer(self) -> torch.optim.Optimizer | None: ...
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer (None for rules with direct updates)."""
+
     @property
-    def scheduler(self) -> Any: ...
+    def scheduler(self) -> Any:
+        """The learning-rate scheduler, if any."""
+
     @property
-    def constraints(self) -> Sequence[object]: ...
+    def constraints(self) -> Sequence[object]:
+        """The constraints applied after every update."""
+
     @property
-    def state(self) -> TrainerState: ...
+    def state(self) -> TrainerState:
+        """The trainer's counters (epoch, batch, chunk)."""
+
     @property
-    def history(self) -> History: ...
+    def history(self) -> History:
+        """The per-epoch history."""
+
     @property
-    def extra_state(self) -> Mapping[str, Any]: ...
+    def extra_state(self) -> Mapping[str, Any]:
+        """Objects registered with ``register_state``, by name."""
 
 
 @dataclass
@@ -69,6 +86,7 @@ class EpochProgress:
     elapsed: float = 0.0
 
     def state_dict(self) -> dict[str, Any]:
+        """Position in the epoch, data RNG and partial sums, for mid-epoch resume."""
         return {"rng": self.rng, "batches": self.batches, "total": self.total, "samples": self.samples,
                 "sums": dict(self.sums), "nonfinite": self.nonfinite, "elapsed": self.elapsed}  # fmt: skip
 
@@ -141,6 +159,7 @@ class SignalGuard:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        """Catch SIGTERM/SIGINT so the current batch finishes (main thread only)."""
         self.signum = None
         if threading.current_thread() is not threading.main_thread():
             return
@@ -153,6 +172,7 @@ class SignalGuard:
         self._previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def restore(self) -> None:
+        """Put back the signal handlers that :meth:`install` replaced."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
@@ -305,6 +325,7 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(rng: Mapping[str, Any]) -> None:
+    """Restore the torch, Python (and CUDA) generator states saved in ``rng``."""
     torch.set_rng_state(rng["torch"])
     random.setstate(_py_rng_from_tensor(rng["python"]))
     if "cuda" in rng and torch.cuda.is_available():

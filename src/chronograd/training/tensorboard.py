@@ -31,11 +31,14 @@ from chronograd.training.events import Event
 class ScalarWriter(Protocol):
     """What the logger needs from a writer (``SummaryWriter`` has it)."""
 
-    def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> Any: ...
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> Any:
+        """Log ``scalar_value`` under ``tag`` at ``global_step``."""
 
-    def flush(self) -> Any: ...
+    def flush(self) -> Any:
+        """Write pending events."""
 
-    def close(self) -> Any: ...
+    def close(self) -> Any:
+        """Flush and close the writer."""
 
 
 def summary_writer(log_dir: str | Path) -> ScalarWriter:

@@ -287,6 +287,7 @@ class Trainer:
         return trainer_state_dict(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (model, rule carry, optimizer, counters, RNG)."""
         load_trainer_state(self, state)
 
     def save_checkpoint(self, path: str | Path) -> Path:
