@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import chronograd as cg
-from chronograd.cells import GRU, LIF, ALIF, DiagonalRNN, LeakyReadout, LeakyRNN, Stack
+from chronograd.cells import ALIF, GRU, LIF, DiagonalRNN, LeakyReadout, LeakyRNN, Stack
 from chronograd.rules import DRTRL, PPProp
 from chronograd.testing import assert_matches_bptt
 

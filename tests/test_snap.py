@@ -72,7 +72,10 @@ def test_snap1_equals_drtrl_and_bptt_without_recurrent_weights(core):
     model = Stack(core(), LeakyReadout(4, 2)).double()
     xs, ys = data()
     a = cg.gradient(SnAp(n=1), model, xs, ys, SUM)
-    for ref in (cg.gradient(DRTRL(), model, xs, ys, SUM), cg.gradient(cg.BPTT(), model, xs, ys, SUM)):
+    for ref in (
+        cg.gradient(DRTRL(), model, xs, ys, SUM),
+        cg.gradient(cg.BPTT(), model, xs, ys, SUM),
+    ):
         for k in a:
             torch.testing.assert_close(a[k], ref[k], rtol=1e-10, atol=1e-12)
 

@@ -39,6 +39,7 @@ from torch.func import jvp
 
 from chronograd._tree import detach, tree_leaves, tree_map, tree_stack, tree_unflatten
 from chronograd.cells.base import State
+from chronograd.cells.rnn import LeakyRNN
 from chronograd.objectives import Objective
 from chronograd.rules.base import (
     Carry,
@@ -63,9 +64,9 @@ class KFCarry:
     A: Tensor | None = None
 
 
-def kf_cell(model: nn.Module) -> tuple[nn.Module, str]:
+def kf_cell(model: nn.Module) -> tuple[LeakyRNN, str]:
     """The model's ``LeakyRNN`` and its parameter prefix; ``TypeError`` naming the fix otherwise."""
-    from chronograd.cells import LeakyReadout, LeakyRNN, Map, Stack
+    from chronograd.cells import LeakyReadout, Map, Stack
 
     if isinstance(model, LeakyRNN):
         return model, ""
@@ -82,7 +83,9 @@ def kf_cell(model: nn.Module) -> tuple[nn.Module, str]:
                     + "; use LeakyReadout(kappa=0) or Map, or train this model with 'uoro', "
                     "'snap' or 'rtrl'"
                 )
-        return model.layers[0], "layers.0."
+        first = model.layers[0]
+        assert isinstance(first, LeakyRNN)
+        return first, "layers.0."
     raise TypeError(
         f"KF-RTRL is defined for an RNN whose weights enter through one linear map: a LeakyRNN, "
         f"or a Stack of a LeakyRNN and memoryless layers; got {type(model).__name__}. Train this "
@@ -163,7 +166,9 @@ class KFRTRL(LearningRule, PersistentCarry):
                 )
                 ell = (w[t] * per[0]).sum()
             if ell.requires_grad and bool(w[t].ne(0).any()):
-                got = torch.autograd.grad(ell, [params[n] for n in names] + h_req[:1], allow_unused=True)
+                got = torch.autograd.grad(
+                    ell, [params[n] for n in names] + h_req[:1], allow_unused=True
+                )
                 for n, g in zip(names, got):
                     if g is not None:
                         grad[n] = grad[n] + g
@@ -193,14 +198,20 @@ class KFRTRL(LearningRule, PersistentCarry):
             p2 = torch.sqrt(D.norm(dim=-1) / (z.norm(dim=-1) + EPS)) + EPS  # (B,)
             c = signs(carry.generator, (2, R, B), z)
             u = (c[0] * p1)[..., None] * u + (c[1] * p2)[..., None] * z
-            A = (c[0] / p1)[..., None, None] * JA + (c[1] / p2)[..., None, None] * torch.diag_embed(D)
+            A = (c[0] / p1)[..., None, None] * JA + (c[1] / p2)[..., None, None] * torch.diag_embed(
+                D
+            )
             leaves = [leaf.detach() for leaf in tree_leaves(new_state)]
             state = tree_unflatten(state, leaves)
             outs.append(detach(out))
             total = total + ell.detach()
         at = 0
         for part, n in (("rec", "recurrent.weight"), ("in", "input.weight"), ("b", "input.bias")):
-            size = {"rec": H if W_rec is not None else 0, "in": I, "b": 1 if b_in is not None else 0}[part]
+            size = {
+                "rec": H if W_rec is not None else 0,
+                "in": I,
+                "b": 1 if b_in is not None else 0,
+            }[part]
             name = prefix + n
             if size and name in grad:
                 g = G[:, at : at + size]

@@ -20,8 +20,9 @@ RTRL's oracle does), so SnAp-1 is D-RTRL's braintrace multi-step with one-step w
 
 The pattern is found once per model from random probes (16 states at four scales) of one sample's Jacobians
 (parameters perturbed, so a zero parameter value is not taken for a structural zero) and
-grouped by row set: columns with the same rows ``R`` form a dense block ``(B, |R|, q)``, so
-the update of a block is one batched matmul with ``J[R, R]``. Memory kept between steps:
+grouped by row set: columns with the same rows ``R`` form a dense block ``(B, |R|, q)``, and
+blocks of one shape are stacked, so the update is one batched matmul with ``J[R, R]`` per
+block shape. Memory kept between steps:
 ``O(B·nnz(P_n))`` (SnAp-1 on a dense ``H``-unit RNN: ``O(B·|θ|)`` against RTRL's
 ``O(B·H·|θ|)``); per step the Jacobians of the step are formed per sample by reverse mode
 (``N`` VJPs, a transient ``O(B·N·(N + |θ|))``) and the blocks cost ``O(B·Σ_R |R|²·q)``.
@@ -54,7 +55,8 @@ from chronograd.rules.base import (
 )
 from chronograd.traces.chunk import time_slice
 
-Block = tuple[Tensor, Tensor]  # (rows (m,), cols (q,)) of one block of the pattern
+Block = tuple[Tensor, Tensor]
+"""``(rows (G, m), cols (G, q))``: ``G`` blocks of the pattern of the same shape, stacked."""
 _PATTERNS: weakref.WeakKeyDictionary[nn.Module, dict[Any, list[Block]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -126,9 +128,15 @@ def sparsity_pattern(
         key_r = tuple(r for r, on in enumerate(rows) if on)
         if key_r:
             groups.setdefault(key_r, []).append(c)
+    shapes: dict[tuple[int, int], list[tuple[tuple[int, ...], list[int]]]] = {}
+    for rows_, cols_ in groups.items():  # blocks of one shape: one batched matmul per step
+        shapes.setdefault((len(rows_), len(cols_)), []).append((rows_, cols_))
     blocks = [
-        (torch.tensor(rows, device=x.device), torch.tensor(cols, device=x.device))
-        for rows, cols in groups.items()
+        (
+            torch.tensor([r for r, _ in same], device=x.device),
+            torch.tensor([c for _, c in same], device=x.device),
+        )
+        for same in shapes.values()
     ]
     cache[key] = blocks
     return blocks
@@ -136,7 +144,7 @@ def sparsity_pattern(
 
 def pattern_size(blocks: list[Block]) -> int:
     """``nnz(P_n)``: the influence entries kept per sample."""
-    return sum(int(r.numel() * c.numel()) for r, c in blocks)
+    return sum(int(r.shape[0] * r.shape[1] * c.shape[1]) for r, c in blocks)
 
 
 @final
@@ -179,7 +187,7 @@ class SnAp(LearningRule):
         vals: list[Tensor] = (
             carry
             if carry is not None
-            else [xs.new_zeros(B, r.numel(), c.numel(), dtype=dtype) for r, c in blocks]
+            else [xs.new_zeros(B, *r.shape, c.shape[1], dtype=dtype) for r, c in blocks]
         )
         p0 = {k: params[k].detach() for k in names}
         grad = torch.zeros(sum(sizes), device=xs.device, dtype=dtype)
@@ -194,28 +202,33 @@ class SnAp(LearningRule):
                 )
                 ell = (w[t] * per[0]).sum()
             if ell.requires_grad and bool(w[t].ne(0).any()):
-                got = torch.autograd.grad(ell, [params[k] for k in names] + h_req, allow_unused=True)
+                got = torch.autograd.grad(
+                    ell, [params[k] for k in names] + h_req, allow_unused=True
+                )
                 for k, g in zip(names, got):
                     if g is not None:
                         direct[k] = direct[k] + g
                 gh = jac.flat(
-                    [torch.zeros_like(h) if g is None else g for h, g in zip(h_req, got[len(names) :])]
+                    [
+                        torch.zeros_like(h) if g is None else g
+                        for h, g in zip(h_req, got[len(names) :])
+                    ]
                 )
                 for (rows, cols), v in zip(blocks, vals):  # ∂ℓ_t/∂h_{t-1} M_{t-1}
-                    grad.index_add_(0, cols, torch.einsum("bm,bmq->q", gh[:, rows], v))
+                    g = torch.einsum("bgm,bgmq->gq", gh[:, rows], v)
+                    grad.index_add_(0, cols.reshape(-1), g.reshape(-1))
             with torch.no_grad():
                 J, I = jac(jac.flat(leaves), p0, xs[t])
                 vals = [
-                    torch.bmm(J[:, rows][:, :, rows], v) + I[:, rows][:, :, cols]
+                    J[:, rows[:, :, None], rows[:, None, :]] @ v
+                    + I[:, rows[:, :, None], cols[:, None, :]]
                     for (rows, cols), v in zip(blocks, vals)
                 ]
             leaves = [leaf.detach() for leaf in tree_leaves(new_state)]
             state = tree_unflatten(state, leaves)
             outs.append(detach(out))
             total = total + ell.detach()
-        grads = {
-            k: direct[k] + g.reshape(p0[k].shape) for k, g in zip(names, grad.split(sizes))
-        }
+        grads = {k: direct[k] + g.reshape(p0[k].shape) for k, g in zip(names, grad.split(sizes))}
         pen = penalty_grads(objective, dict(params))
         for k, v in (pen or {}).items():
             grads[k] = grads[k] + v

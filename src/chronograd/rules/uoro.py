@@ -142,7 +142,9 @@ class UORO(LearningRule, PersistentCarry):
                 )
                 ell = (w[t] * per[0]).sum()
             if ell.requires_grad and bool(w[t].ne(0).any()):
-                got = torch.autograd.grad(ell, [params[n] for n in names] + h_req, allow_unused=True)
+                got = torch.autograd.grad(
+                    ell, [params[n] for n in names] + h_req, allow_unused=True
+                )
                 for n, g in zip(names, got):
                     if g is not None:
                         grad[n] = grad[n] + g
@@ -197,7 +199,7 @@ class UORO(LearningRule, PersistentCarry):
                 new = step(tuple(v.unsqueeze(0) for v in h_b), p, x_b.unsqueeze(0))
                 return tuple(v.squeeze(0) for v in new)
 
-            _, back = vjp(one, p0)
+            back = vjp(one, p0)[1]
 
             def flat(cot: tuple[Tensor, ...]) -> Tensor:
                 g = back(cot)[0]
@@ -209,7 +211,8 @@ class UORO(LearningRule, PersistentCarry):
         vt = vmap(pull)(tuple(leaves), x, nu_b).movedim(1, 0).to(theta.dtype)  # (R, B, P)
 
         def norm(ts: list[Tensor]) -> Tensor:
-            return torch.sqrt(sum((v.reshape(R, B, -1) ** 2).sum(-1) for v in ts))  # (R, B)
+            sq = torch.stack([(v.reshape(R, B, -1) ** 2).sum(-1) for v in ts])
+            return torch.sqrt(sq.sum(0))  # (R, B)
 
         rho0 = torch.sqrt(theta.norm(dim=-1) / (norm(Jh).to(theta.dtype) + EPS)) + EPS
         rho1 = torch.sqrt(vt.norm(dim=-1) / (norm(nu).to(theta.dtype) + EPS)) + EPS

@@ -100,15 +100,15 @@ def run_windows(
     for a, b in window_stops(span, T, window):
         h0 = [leaf.detach().requires_grad_(True) for leaf in tree_leaves(state)]
         with torch.enable_grad():
-            out, new_state = unroll(model, xs[a:b], tree_unflatten(state, h0))
+            out, _ = unroll(model, xs[a:b], tree_unflatten(state, h0))
             ell = (w[a:b] * objective.per_sample(out, time_slice(targets, a, b))).sum()
         if ell.requires_grad and bool(w[a:b].ne(0).any()):
-            got = torch.autograd.grad(
-                ell, [params[n] for n in names] + h0, allow_unused=True
-            )
+            got = torch.autograd.grad(ell, [params[n] for n in names] + h0, allow_unused=True)
             add_into(grads, {n: g for n, g in zip(names, got) if g is not None})
             if carry.n > 0:
-                gh = [torch.zeros_like(h) if g is None else g for h, g in zip(h0, got[len(names):])]
+                gh = [
+                    torch.zeros_like(h) if g is None else g for h, g in zip(h0, got[len(names) :])
+                ]
                 signal = [torch.stack([gh[j] for j in g.leaves], -1) for g in graph.groups]
                 contract(graph, carry, signal, grads)
         # advance the traces over the window (the entry of the next one)
