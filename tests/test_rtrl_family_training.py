@@ -65,3 +65,18 @@ def test_cli_trains_with_the_new_rules(rule, tmp_path):
             "--task-opt", "length=2", "--task-opt", "batches_per_epoch=2",
             "--task-opt", "batch_size=4", "--task-opt", "val_batches=1"]  # fmt: skip
     assert main(argv) == 0
+
+
+@pytest.mark.gpu
+def test_new_rules_on_cuda_match_the_cpu():
+    """The noise is drawn on the CPU: a seed gives the same estimate on every device."""
+    torch.manual_seed(0)
+    model = Stack(LeakyRNN(2, 5, alpha=0.3), LeakyReadout(5, 1)).double()
+    x, y = batches()[0]
+    obj = cg.Objective("mse")
+    for rule in (DRTRL(mode="multi-step", window=3), SnAp(n=1), UORO(seed=1), KFRTRL(seed=1)):
+        cpu = cg.gradient(rule, model, x, y, obj)
+        gpu = cg.gradient(rule, model.to("cuda"), x.cuda(), y.cuda(), obj)
+        model.to("cpu")
+        for n in cpu:
+            torch.testing.assert_close(gpu[n].cpu(), cpu[n], rtol=1e-9, atol=1e-12)

@@ -31,7 +31,7 @@ Kronecker factors", NeurIPS.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, NamedTuple, final
 
 import torch
 from torch import Tensor, nn
@@ -54,10 +54,9 @@ from chronograd.rules.uoro import EPS, check_samples, check_seed, signs
 from chronograd.traces.chunk import time_slice
 
 
-@dataclass
-class KFCarry:
+class KFCarry(NamedTuple):
     """``u`` ``(R, B, H + I + 1)`` and ``A`` ``(R, B, H, H)`` (None at a sequence start), and
-    the noise's generator."""
+    the noise's generator (a named tuple: the non-finite policies repair its tensors)."""
 
     generator: torch.Generator
     u: Tensor | None = None

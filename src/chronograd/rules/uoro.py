@@ -28,7 +28,7 @@ Tallec & Ollivier (2018), "Unbiased online recurrent optimization", ICLR.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, NamedTuple, final
 
 import torch
 from torch import Tensor, nn
@@ -51,10 +51,10 @@ from chronograd.traces.chunk import time_slice
 EPS = 1e-7
 
 
-@dataclass
-class UOROCarry:
+class UOROCarry(NamedTuple):
     """``h``: per state leaf ``(R, B, ...)``; ``theta``: ``(R, B, |θ|)`` (None at a sequence
-    start); ``generator``: the noise's generator (CPU)."""
+    start); ``generator``: the noise's generator (CPU). A named tuple: the non-finite policies
+    repair its tensors."""
 
     generator: torch.Generator
     h: list[Tensor] | None = None
