@@ -373,7 +373,7 @@ CASES = [
         "drtrl mode",
         lambda: DRTRL(mode="two-step"),
         ValueError,
-        "mode must be 'single-step' or 'multi-step'",
+        "mode must be one of",
     ),
     ("drtrl chunk", lambda: DRTRL(chunk_size=0), ValueError, "chunk_size must be a positive int"),
     ("pp-prop decay", lambda: PPProp(decay=1.0), ValueError, "decay must lie in [0, 1)"),

@@ -104,8 +104,20 @@ RULE_OPTIONS = {
     "bptt": lambda k, a: {"checkpoint": k},
     "tbptt": lambda k, a: {"chunk_size": k},
     "rtrl": lambda k, a: {"chunk_size": k},
-    "drtrl": lambda k, a: {"chunk_size": k, "mode": "multi-step" if a > 0.5 else "single-step"},
-    "pp-prop": lambda k, a: {"chunk_size": k, "decay": a},
+    "drtrl": lambda k, a: {
+        "chunk_size": k,
+        "mode": "multi-step" if a > 0.6 else "previous-state" if a > 0.3 else "single-step",
+        "window": k if a > 0.6 else 1,
+    },
+    "pp-prop": lambda k, a: {
+        "chunk_size": k,
+        "decay": a,
+        "mode": "multi-step" if a > 0.5 else "single-step",
+        "window": 2 if a > 0.5 else 1,
+    },
+    "snap": lambda k, a: {"chunk_size": k, "n": 1 if a < 0.5 else 2},
+    "uoro": lambda k, a: {"chunk_size": k, "seed": int(10 * a), "samples": 2},
+    "kf-rtrl": lambda k, a: {"chunk_size": k, "seed": int(10 * a)},
     "ottt": lambda k, a: {"chunk_size": 1 if a > 0.5 else None, "decay": a},
     "sltt": lambda k, a: {"k": k},
     "fptt": lambda k, a: {"chunk_size": k, "alpha": a},
@@ -149,6 +161,10 @@ def test_rules_work_or_raise_the_documented_error(name, k, a, hidden, T, B, cell
         return
     if name == "eprop" and cell == "rnn":  # e-prop is defined for spiking LIF/ALIF layers
         with pytest.raises(TypeError, match="LIF"):
+            cg.gradient(rule, model, xs, ys, Objective("mse"))
+        return
+    if name == "kf-rtrl" and cell != "rnn":  # KF-RTRL is defined for LeakyRNN layers
+        with pytest.raises(TypeError, match="LeakyRNN"):
             cg.gradient(rule, model, xs, ys, Objective("mse"))
         return
     g = cg.gradient(rule, model, xs, ys, Objective("mse"))

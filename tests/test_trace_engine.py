@@ -304,18 +304,18 @@ def test_multi_step_adds_the_previous_state_term():
     xs, _ = data()
     ys = torch.randn(T, B, 5, dtype=D)
     obj = cg.Objective("mse")
-    assert_matches_bptt(DRTRL(mode="multi-step"), cell, xs, ys, obj, rtol=1e-9)
+    assert_matches_bptt(DRTRL(mode="previous-state"), cell, xs, ys, obj, rtol=1e-9)
     single = cg.gradient(DRTRL(), cell, xs, ys, obj)["w"]
     ref = cg.gradient(cg.BPTT(), cell, xs, ys, obj)["w"]
     assert (single - ref).norm() > 0.05 * ref.norm()
     # with a readout on top, the term crosses the readout's relation
     model = Stack(cell, LeakyReadout(5, 2)).double()
-    assert_matches_bptt(DRTRL(mode="multi-step"), model, *data(), obj, rtol=1e-9)
+    assert_matches_bptt(DRTRL(mode="previous-state"), model, *data(), obj, rtol=1e-9)
     cell = UserCell(_early_out, {"th": nn.Parameter(torch.randn(5, dtype=D))})
-    assert_matches_bptt(DRTRL(mode="multi-step"), cell, xs, ys, obj, rtol=1e-9)
+    assert_matches_bptt(DRTRL(mode="previous-state"), cell, xs, ys, obj, rtol=1e-9)
     # and it is zero on a cell whose output depends on the new state only
     lif = Stack(LIF(4, 5, recurrent=False), LeakyReadout(5, 2)).double()
-    a = cg.gradient(DRTRL(mode="multi-step"), lif, *data(), obj)
+    a = cg.gradient(DRTRL(mode="previous-state"), lif, *data(), obj)
     b = cg.gradient(DRTRL(), lif, *data(), obj)
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=1e-12, atol=1e-14)

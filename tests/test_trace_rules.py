@@ -171,7 +171,7 @@ def test_gradient_alignment_regression():
         assert got[k][1] == pytest.approx(rel, abs=2e-6), (k, got[k])
 
 
-@pytest.mark.parametrize("rule", [RTRL(), DRTRL(), DRTRL(mode="multi-step"), PPProp(decay=0.6)])
+@pytest.mark.parametrize("rule", [RTRL(), DRTRL(), DRTRL(mode="previous-state"), PPProp(decay=0.6)])
 def test_streaming_in_chunks_gives_the_one_chunk_gradient(rule):
     torch.manual_seed(0)
     model, (xs, ys) = RECURRENT["alif"](), data(T=11)
@@ -229,7 +229,7 @@ def test_trace_dtype_and_options():
         DRTRL(trace_dtype="int8")
     with pytest.raises(TypeError):
         get("drtrl", decay=0.5)
-    assert isinstance(get("rtrl"), RTRL) and isinstance(get("drtrl", mode="multi-step"), DRTRL)
+    assert isinstance(get("rtrl"), RTRL) and isinstance(get("drtrl", mode="previous-state"), DRTRL)
 
 
 def test_frozen_relations_are_cut_and_only_trained_parameters_get_gradients():
@@ -277,7 +277,7 @@ def test_blocked_trace_advance_is_the_per_step_recursion(block, monkeypatch):
         RECURRENT["gru"](),
         EVERY["diagonal"](),
     ):
-        for rule in (DRTRL(), DRTRL(mode="multi-step", chunk_size=5), PPProp(decay=0.7)):
+        for rule in (DRTRL(), DRTRL(mode="previous-state", chunk_size=5), PPProp(decay=0.7)):
             want = cg.gradient(rule, model, xs, ys, obj)
             monkeypatch.setattr(traces, "BLOCK", block)
             got = cg.gradient(rule, model, xs, ys, obj)

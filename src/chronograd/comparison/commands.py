@@ -24,7 +24,7 @@ from chronograd.subcommands import (
 
 #: Every rule name of the library; ``--rules`` defaults to all of them (the ones not installed
 #: are reported as such).
-ALL_RULES = "bptt,tbptt,rtrl,drtrl,pp-prop,eprop,ottt,sltt,fptt,rls"
+ALL_RULES = "bptt,tbptt,rtrl,drtrl,pp-prop,eprop,ottt,sltt,fptt,rls,snap,uoro,kf-rtrl"
 
 
 def _line(name: str, args: argparse.Namespace, flags: dict[str, str]) -> str:

@@ -26,12 +26,15 @@ from chronograd.rules.driver import NonFiniteError, SequenceResult, Update, driv
 from chronograd.rules.drtrl import DRTRL
 from chronograd.rules.eprop import EProp
 from chronograd.rules.fptt import FPTT, fptt_load_average
+from chronograd.rules.kf_rtrl import KFRTRL
 from chronograd.rules.ottt import OTTT
 from chronograd.rules.pp_prop import ESDRTRL, PPProp
 from chronograd.rules.rls import RLS
 from chronograd.rules.rtrl import RTRL
 from chronograd.rules.sltt import SLTT
+from chronograd.rules.snap import SnAp
 from chronograd.rules.tbptt import TBPTT
+from chronograd.rules.uoro import UORO
 
 RULES: dict[str, Callable[..., LearningRule]] = {
     "bptt": BPTT,
@@ -44,6 +47,9 @@ RULES: dict[str, Callable[..., LearningRule]] = {
     "drtrl": DRTRL,
     "pp-prop": PPProp,
     "eprop": EProp,
+    "uoro": UORO,
+    "snap": SnAp,
+    "kf-rtrl": KFRTRL,
 }
 
 
@@ -79,12 +85,14 @@ __all__ = [
     "DRTRL",
     "ESDRTRL",
     "FPTT",
+    "KFRTRL",
     "OTTT",
     "RLS",
     "RTRL",
     "RULES",
     "SLTT",
     "TBPTT",
+    "UORO",
     "AfterUpdate",
     "Chunk",
     "EProp",
@@ -95,6 +103,7 @@ __all__ = [
     "PersistentCarry",
     "RuleStep",
     "SequenceResult",
+    "SnAp",
     "Update",
     "drive",
     "fptt_load_average",

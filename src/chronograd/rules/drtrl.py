@@ -8,9 +8,20 @@ and with ``D_t`` (B, H, S, S), ``Df_t`` (B, H, S) from the trace engine
     eb_t[b,h,a]   = Σ_c D_t[b,h,a,c] eb_{t-1}[b,h,c]   + Df_t[b,h,a]
 
 and the gradient is ``gW[h,i] += Σ_{b,a} δ_t[b,h,a] eW_t[b,i,h,a]`` (``gb`` likewise), with
-``δ_t = ∂ℓ_t/∂h_t`` partial within a neuron and total across groups. ``mode="multi-step"`` also
-adds ``Σ_a δ^prev_t[b,h,a] eW_{t-1}[b,i,h,a]``, ``δ^prev_t`` the part of ``∂ℓ_t/∂h_{t-1}`` that
-avoids ``h_t`` (non-zero when a cell's output at ``t`` is computed from the previous state).
+``δ_t = ∂ℓ_t/∂h_t`` partial within a neuron and total across groups. ``mode="previous-state"``
+also adds ``Σ_a δ^prev_t[b,h,a] eW_{t-1}[b,i,h,a]``, ``δ^prev_t`` the part of ``∂ℓ_t/∂h_{t-1}``
+that avoids ``h_t`` (non-zero only when a cell's output at ``t`` is computed from the previous
+state; elsewhere it equals single-step bit for bit).
+
+``mode="multi-step"`` with ``window=k`` is braintrace's multi-step
+(:mod:`chronograd.traces.window`): inside windows of ``k`` steps the ordinary reverse-mode
+gradient of every parameter, and the traces enter only at a window's entry::
+
+    ∇θ += ∂L_w/∂θ |_{h_entry fixed} + contract(∂L_w/∂h_entry, ε_entry)
+
+with ``∂L_w/∂h_entry`` through the full steps (recurrent weights included) and ``ε`` the
+traces above. One window over the sequence is BPTT; it is closer to BPTT than single-step on
+recurrent models, at the cost of a reverse pass over each window (memory ``O(k)`` steps).
 Per-neuron parameters (``(H,)`` or scalar) get exact traces ``e = D e + Dp``; output-only
 parameters their exact same-step gradient. Memory ``O(B·|θ|·S)``, flat in ``T``.
 
@@ -62,6 +73,7 @@ from chronograd.traces.graph import TraceGraph
 from chronograd.traces.readout_filter import check_filter_model, filter_block, filter_target
 from chronograd.traces.recursion import advance
 from chronograd.traces.structure import TraceBlock
+from chronograd.traces.window import check_mode, contract_drtrl, run_windows
 
 
 @final
@@ -70,7 +82,10 @@ class DRTRL(LearningRule):
     """Diagonal RTRL with per-sample eligibility traces (see the module docstring).
 
     Args:
-        mode: ``"single-step"`` (``δ_t = ∂ℓ_t/∂h_t``) or ``"multi-step"`` (adds ``δ^prev``).
+        mode: ``"single-step"`` (``δ_t = ∂ℓ_t/∂h_t``), ``"previous-state"`` (adds ``δ^prev``)
+            or ``"multi-step"`` (reverse mode inside windows of ``window`` steps, traces across).
+        window: steps per window in ``"multi-step"`` mode (windows start at multiples of
+            ``window`` from the sequence start and end at chunk boundaries).
         chunk_size: steps per update (``None``: one update per sequence); the traces are
             carried across the chunks of a sequence and reset at its start.
         trace_dtype: dtype of the traces (default: the state's).
@@ -81,14 +96,16 @@ class DRTRL(LearningRule):
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
-    mode: Literal["single-step", "multi-step"] = "single-step"
+    mode: Literal["single-step", "previous-state", "multi-step"] = "single-step"
     chunk_size: int | None = None
     trace_dtype: torch.dtype | str | None = None
     readout: Literal["state", "filter"] = "state"
+    window: int = 1
 
     def _check(self) -> None:
-        if self.mode not in ("single-step", "multi-step"):
-            raise ValueError(f"mode must be 'single-step' or 'multi-step', got {self.mode!r}")
+        check_mode(self.mode, self.window, ("single-step", "previous-state", "multi-step"))
+        if self.mode == "multi-step" and self.readout == "filter":
+            raise ValueError("readout='filter' must use mode 'single-step' or 'previous-state'")
         if self.readout not in ("state", "filter"):
             raise ValueError(f"readout must be 'state' or 'filter', got {self.readout!r}")
         check_chunk_size(self.chunk_size)
@@ -123,9 +140,14 @@ class DRTRL(LearningRule):
             bias_traces(graph, blk, c, grads, dtype)
             neuron_traces(graph, blk, c, grads, dtype)
 
+        if self.mode == "multi-step":
+            return run_windows(
+                model, params, xs, targets, state, carry, objective, span,
+                window=self.window, contract=contract_drtrl, on_block=on_block,
+            )  # fmt: skip
         return run_chunk(
             model, params, xs, targets, state, carry, objective, span,
-            on_block=on_block, multi_step=self.mode == "multi-step",
+            on_block=on_block, multi_step=self.mode == "previous-state",
             readout=None if target is None else (target.relation, target.group),
         )  # fmt: skip
 

@@ -18,12 +18,18 @@ per relation, flat in ``T``; cost about one extra outer product per step, batche
 the engine's blocks of steps: ``gW += EXᵀ Σ`` is one matmul per block.
 
 With ``α = 0`` the rule is the one-step-truncated gradient (TBPTT(1)) of every relation.
+
+``mode="multi-step"`` with ``window=k`` is braintrace's multi-step
+(:mod:`chronograd.traces.window`): reverse mode inside windows of ``k`` steps and the factored
+trace ``ε ≈ ex ⊗ ef / c_n`` entering only at a window's entry,
+``∇θ += ∂L_w/∂θ|_{h_entry} + contract(∂L_w/∂h_entry, ε_entry)``; one window over the sequence
+is BPTT.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import final
+from typing import Literal, final
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +49,7 @@ from chronograd.traces.chunk import (
 from chronograd.traces.graph import TraceGraph
 from chronograd.traces.recursion import small_traces
 from chronograd.traces.structure import TraceBlock
+from chronograd.traces.window import check_mode, contract_factored, run_windows
 
 _EXACT_AFTER = 1000  # c_n = 1 once n >= this many steps
 
@@ -57,6 +64,9 @@ class PPProp(LearningRule):
         rank: alternatively, ``r ≥ 1`` with ``α = (r - 1)/(r + 1)``.
         chunk_size: steps per update (``None``: one update per sequence).
         trace_dtype: dtype of the traces (default: the state's).
+        mode: ``"single-step"`` or ``"multi-step"`` (reverse mode inside windows of ``window``
+            steps, the traces entering at each window's entry).
+        window: steps per window in ``"multi-step"`` mode.
         (plus the options shared by every rule, see :class:`LearningRule`)
     """
 
@@ -64,8 +74,11 @@ class PPProp(LearningRule):
     rank: int | None = None
     chunk_size: int | None = None
     trace_dtype: torch.dtype | str | None = None
+    mode: Literal["single-step", "multi-step"] = "single-step"
+    window: int = 1
 
     def _check(self) -> None:
+        check_mode(self.mode, self.window, ("single-step", "multi-step"))
         if self.decay is not None and self.rank is not None:
             raise ValueError(
                 f"give either decay or rank, not both (got decay={self.decay}, rank={self.rank})"
@@ -105,6 +118,11 @@ class PPProp(LearningRule):
             factored_traces(graph, blk, c, grads, alpha, dtype)
             neuron_traces(graph, blk, c, grads, dtype)
 
+        if self.mode == "multi-step":
+            return run_windows(
+                model, self.trained(model), xs, targets, state, carry, objective, span,
+                window=self.window, contract=contract_factored(alpha), on_block=on_block,
+            )  # fmt: skip
         return run_chunk(
             model, self.trained(model), xs, targets, state, carry, objective, span,
             on_block=on_block,

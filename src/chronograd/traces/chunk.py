@@ -12,7 +12,7 @@ Blocks change nothing in the mathematics: every trace recursion is still per ste
 (:mod:`chronograd.traces.recursion`). :class:`TraceCarry` is immutable: a chunk returns a new
 carry. :func:`neuron_traces` and :func:`bias_traces` are the exact per-neuron and bias traces
 ``e_t = D_t e_{t-1} + Dp_t`` (``Df_t`` for a bias) with gradient ``Σ_t <δ_t, e_t>`` (plus
-``<δ^prev_t, e_{t-1}>`` in multi-step mode).
+``<δ^prev_t, e_{t-1}>`` in previous-state mode).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ output *cut* (computed, then handed on as a fresh autograd leaf), and returns pe
 * ``Df_t`` (per relation, ``(B, H, S)``): ``∂h_t/∂y_r`` of the neurons it feeds;
 * ``Dp_t`` (per per-neuron parameter and group, ``(B, H, S)``): ``∂h_t/∂p``;
 * with a loss, the learning signal ``δ_t`` (partial within a group, total across groups) and,
-  in multi-step mode, ``δ^prev_t`` (:mod:`chronograd.traces.signal`).
+  in previous-state mode, ``δ^prev_t`` (:mod:`chronograd.traces.signal`).
 
 The Jacobians come from :mod:`chronograd.traces.jacobians`; the loss of the whole block is
 evaluated once and differentiated in one backward pass (plus one per relation the signal has
@@ -215,7 +215,7 @@ class TraceGraph:
                 gradients are computed.
             learning_signal: False skips the backward passes for ``δ`` (every step of the
                 block has zero loss weight); ``delta`` is then None.
-            multi_step: also compute ``δ^prev`` (needs ``loss``).
+            multi_step: also compute ``δ^prev`` (D-RTRL's ``mode="previous-state"``; needs ``loss``).
             readout: ``(relation, group)``: also return ``TraceBlock.readout`` for the group
                 whose output is the input of that (readout) relation
                 (:func:`~chronograd.traces.signal.readout_signal`).

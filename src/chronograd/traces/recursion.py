@@ -92,7 +92,7 @@ def advance(
         e: the trace ``(S, B, I, H)``, updated in place.
         z: ``(K, B, I)`` relation inputs; D: ``(K, B, H, S, S)``; Df: ``(K, B, H, S)``.
         delta: ``(K, B, H, S)`` learning signal, or None (no loss in this block).
-        prev: ``(K, B, H, S)`` multi-step signal (pairs with the previous step's trace), or None.
+        prev: ``(K, B, H, S)`` previous-state signal (pairs with the previous step's trace), or None.
         fresh: ``e`` is new (zero at the sequence start): it is written without being read.
     """
     dt = e.dtype

@@ -94,7 +94,7 @@ class TraceBlock(NamedTuple):
         Df: per relation, ``(K, B, H, S)`` for trained state relations (else None).
         Dp: ``{(param, group): (K, B, H, S)}`` for per-neuron parameters.
         delta: per group, ``(K, B, H, S)`` learning signal (None without a signal).
-        delta_prev: per group, ``(K, B, H, S)`` multi-step signal (None unless requested).
+        delta_prev: per group, ``(K, B, H, S)`` previous-state signal (None unless requested).
         exact: ``{param: grad}`` exact same-step gradients summed over the block (output
             relations and parameters, and the direct terms of relations/parameters that also
             reach the output).
