@@ -67,11 +67,13 @@ def signs(gen: torch.Generator, shape: tuple[int, ...], like: Tensor) -> Tensor:
 
 
 def check_seed(seed: Any) -> None:
+    """``seed`` is a non-negative int (the noise generator's seed)."""
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
 
 
 def check_samples(samples: Any) -> None:
+    """``samples`` is a positive int (independent estimates averaged)."""
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"samples must be a positive int (independent estimates), got {samples!r}")
 
