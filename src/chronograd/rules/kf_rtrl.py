@@ -50,8 +50,8 @@ from chronograd.rules.base import (
     check_chunk_size,
     penalty_grads,
 )
-from chronograd.rules.uoro import EPS, check_samples, check_seed, signs
 from chronograd.traces.chunk import time_slice
+from chronograd.traces.random_signs import EPS, check_samples, check_seed, signs
 
 
 class KFCarry(NamedTuple):

@@ -47,8 +47,7 @@ from chronograd.rules.base import (
     penalty_grads,
 )
 from chronograd.traces.chunk import time_slice
-
-EPS = 1e-7
+from chronograd.traces.random_signs import EPS, check_samples, check_seed, signs
 
 
 class UOROCarry(NamedTuple):
@@ -59,23 +58,6 @@ class UOROCarry(NamedTuple):
     generator: torch.Generator
     h: list[Tensor] | None = None
     theta: Tensor | None = None
-
-
-def signs(gen: torch.Generator, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """Random ±1 of ``shape`` from ``gen`` (drawn on the CPU: the same on every device)."""
-    return (torch.randint(0, 2, shape, generator=gen) * 2 - 1).to(like.device, like.dtype)
-
-
-def check_seed(seed: Any) -> None:
-    """``seed`` is a non-negative int (the noise generator's seed)."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-
-
-def check_samples(samples: Any) -> None:
-    """``samples`` is a positive int (independent estimates averaged)."""
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        raise ValueError(f"samples must be a positive int (independent estimates), got {samples!r}")
 
 
 @final
