@@ -43,7 +43,7 @@ def test_one_lif_layer_is_bptt_and_rtrl(detach_reset, recurrent):
 def test_two_layers_over_four_steps_match_the_hand_computation(detach_reset):
     model, xs, ys = two_layer(detach_reset=detach_reset, kappa=0.5)
     l1, l2, ro = model.layers
-    W1, W2, Wo = l1.input.weight.detach(), l2.input.weight.detach(), ro.input.weight.detach()
+    W2, Wo = l2.input.weight.detach(), ro.input.weight.detach()
     r = 0.0 if detach_reset else 1.0
     steps = forward(model, xs, ys)
     B = xs.shape[1]
@@ -99,7 +99,9 @@ def test_trains_through_the_trainer_and_refuses_other_models():
     trainer = cg.training.Trainer(model, cg.rules.get("ostl", chunk_size=2), SUM, lr=1e-2)
     assert len(trainer.fit([(xs, ys)], epochs=2)["loss"]) == 2
     with pytest.raises(TypeError, match="Stack\\(LIF"):
-        cg.gradient(cg.rules.OSTL(), Stack(LeakyRNN(2, 3), LeakyReadout(3, 2)).double(), xs, ys, SUM)
+        cg.gradient(
+            cg.rules.OSTL(), Stack(LeakyRNN(2, 3), LeakyReadout(3, 2)).double(), xs, ys, SUM
+        )
     with pytest.raises(TypeError, match="recurrent must be a bool"):
         cg.rules.OSTL(recurrent=1)
     with pytest.raises(ValueError, match="chunk_size"):

@@ -115,7 +115,11 @@ RULE_OPTIONS = {
         "trace_norm_clip": a,
         "rate_target": a / 10,
     },
+    "ostl": lambda k, a: {"chunk_size": k, "recurrent": a > 0.5},
+    "otpe": lambda k, a: {"chunk_size": k},
+    "osttp": lambda k, a: {"chunk_size": k, "feedback_norm_clip": a},
 }
+SPIKING_STACK = ("ostl", "otpe", "osttp")  # Stack(LIF, ..., LeakyReadout) only
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -144,6 +148,10 @@ def test_rules_work_or_raise_the_documented_error(name, k, a, hidden, T, B, cell
     model = Stack(core, LeakyReadout(hidden, 1)).double()
     xs, ys = torch.rand(T, B, 2, dtype=D) * 3, torch.randn(T, B, 1, dtype=D)
     if name == "eprop" and cell == "rnn":  # e-prop is defined for spiking LIF/ALIF layers
+        with pytest.raises(TypeError, match="LIF"):
+            cg.gradient(rule, model, xs, ys, Objective("mse"))
+        return
+    if name in SPIKING_STACK and cell != "lif":
         with pytest.raises(TypeError, match="LIF"):
             cg.gradient(rule, model, xs, ys, Objective("mse"))
         return

@@ -26,6 +26,9 @@ from chronograd.rules.driver import NonFiniteError, SequenceResult, Update, driv
 from chronograd.rules.drtrl import DRTRL
 from chronograd.rules.eprop import EProp
 from chronograd.rules.fptt import FPTT, fptt_load_average
+from chronograd.rules.ostl import OSTL
+from chronograd.rules.osttp import OSTTP
+from chronograd.rules.otpe import OTPE
 from chronograd.rules.ottt import OTTT
 from chronograd.rules.pp_prop import ESDRTRL, PPProp
 from chronograd.rules.rls import RLS
@@ -44,6 +47,9 @@ RULES: dict[str, Callable[..., LearningRule]] = {
     "drtrl": DRTRL,
     "pp-prop": PPProp,
     "eprop": EProp,
+    "ostl": OSTL,
+    "otpe": OTPE,
+    "osttp": OSTTP,
 }
 
 
@@ -79,6 +85,9 @@ __all__ = [
     "DRTRL",
     "ESDRTRL",
     "FPTT",
+    "OSTL",
+    "OSTTP",
+    "OTPE",
     "OTTT",
     "RLS",
     "RTRL",

@@ -87,7 +87,7 @@ def layer_jacobian(layer: LIF, rec: LayerStep) -> Tensor:
 
 def full_sensitivity(prev: Tensor | None, J: Tensor, u: Tensor) -> Tensor:
     """``M_t = J_t M_{t-1} + δ_kj u_i``: ``(B, H, H, I)`` (k: neuron, j: row of ``W``)."""
-    B, H = J.shape[:2]
+    H = J.shape[1]
     eye = torch.eye(H, dtype=u.dtype, device=u.device)
     src = eye[None, :, :, None] * u[:, None, None, :]
     if prev is None:
@@ -140,7 +140,9 @@ class OSTL(LearningRule):
         for t in range(xs.shape[0]):
             recs, y, state = run_step(net, xs[t], state)
             outs.append(y)
-            loss, gy = readout_error(objective, y[None], time_slice(targets, t, t + 1), w[t : t + 1])
+            loss, gy = readout_error(
+                objective, y[None], time_slice(targets, t, t + 1), w[t : t + 1]
+            )
             total = total + loss
             readout.step(net, params, recs[-1].z, gy[0], grads)
             gz = spatial_signals(net, recs, gy[0])

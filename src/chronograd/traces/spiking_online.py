@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from chronograd.cells.lif import LIF
 from chronograd.cells.readout import LeakyReadout
 from chronograd.cells.stack import Stack
-from chronograd.traces.analytic import lif_jacobian
 
 ROLES = ("w_in", "b_in", "w_rec")
 
@@ -155,8 +154,7 @@ def decay(layer: LIF, rec: LayerStep) -> Tensor | float:
     alpha = float(layer.alpha)
     if layer.detach_reset:
         return alpha
-    out: Tensor = lif_jacobian(rec.psi_prev, alpha, layer.threshold, reset=True)
-    return out
+    return alpha - layer.threshold * rec.psi_prev  # analytic.lif_jacobian with the reset
 
 
 def spatial_signals(net: SpikingNet, recs: list[LayerStep], gy: Tensor) -> list[Tensor]:
@@ -196,7 +194,12 @@ class ReadoutTraces:
         self.t = traces
 
     def step(
-        self, net: SpikingNet, params: dict[str, Any], z: Tensor, gy: Tensor, grads: dict[str, Tensor]
+        self,
+        net: SpikingNet,
+        params: dict[str, Any],
+        z: Tensor,
+        gy: Tensor,
+        grads: dict[str, Tensor],
     ) -> None:
         kappa = net.readout.kappa
         zk = self.t.get("out:z")
