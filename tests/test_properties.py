@@ -127,7 +127,11 @@ RULE_OPTIONS = {
         "trace_norm_clip": a,
         "rate_target": a / 10,
     },
+    "ostl": lambda k, a: {"chunk_size": k, "recurrent": a > 0.5},
+    "otpe": lambda k, a: {"chunk_size": k},
+    "osttp": lambda k, a: {"chunk_size": k, "feedback_norm_clip": a},
 }
+SPIKING_STACK = ("ostl", "otpe", "osttp")  # Stack(LIF, ..., LeakyReadout) only
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -165,6 +169,10 @@ def test_rules_work_or_raise_the_documented_error(name, k, a, hidden, T, B, cell
         return
     if name == "kf-rtrl" and cell != "rnn":  # KF-RTRL is defined for LeakyRNN layers
         with pytest.raises(TypeError, match="LeakyRNN"):
+            cg.gradient(rule, model, xs, ys, Objective("mse"))
+        return
+    if name in SPIKING_STACK and cell != "lif":
+        with pytest.raises(TypeError, match="LIF"):
             cg.gradient(rule, model, xs, ys, Objective("mse"))
         return
     g = cg.gradient(rule, model, xs, ys, Objective("mse"))

@@ -27,6 +27,9 @@ from chronograd.rules.drtrl import DRTRL
 from chronograd.rules.eprop import EProp
 from chronograd.rules.fptt import FPTT, fptt_load_average
 from chronograd.rules.kf_rtrl import KFRTRL
+from chronograd.rules.ostl import OSTL
+from chronograd.rules.osttp import OSTTP
+from chronograd.rules.otpe import OTPE
 from chronograd.rules.ottt import OTTT
 from chronograd.rules.pp_prop import ESDRTRL, PPProp
 from chronograd.rules.rls import RLS
@@ -50,6 +53,9 @@ RULES: dict[str, Callable[..., LearningRule]] = {
     "uoro": UORO,
     "snap": SnAp,
     "kf-rtrl": KFRTRL,
+    "ostl": OSTL,
+    "otpe": OTPE,
+    "osttp": OSTTP,
 }
 
 
@@ -86,6 +92,9 @@ __all__ = [
     "ESDRTRL",
     "FPTT",
     "KFRTRL",
+    "OSTL",
+    "OSTTP",
+    "OTPE",
     "OTTT",
     "RLS",
     "RTRL",

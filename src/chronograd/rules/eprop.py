@@ -21,6 +21,15 @@ Feedback ``B`` (H, O): ``symmetric`` (``W_outᵀ``, the current one), ``random``
 seven generators with NeuroTorch's norm clips) or ``adaptive`` (random at first, then it
 receives ``W_outᵀ``'s updates, with a decay): :mod:`chronograd.traces.feedback`.
 
+Learning signal (:mod:`chronograd.traces.learning_signal`): ``learning_signal="error"``
+(default) is ``L_t = B ∂ℓ_t/∂y_t`` above; ``"neuromodulator"`` takes ``L_t = M_t``, a third
+factor given with the data (targets ``{"target": y*, "modulator": M}``, ``M`` (T, B) or
+(T, B, H)), so ``∂E/∂W_ji = Σ_t Σ_b M^b_{j,t} F_κ(e^b_ji)_t`` (three-factor learning; the
+readout still learns from ``"target"`` through the objective). With ``M_t = W_outᵀ ∂ℓ_t/∂y_t``
+it is symmetric e-prop. Reward-based e-prop (the paper's actor-critic version) uses
+``M_t = δ (B_π (π_t − 1_{a_t}) − c_V B_V)``
+(:func:`~chronograd.traces.learning_signal.actor_critic_modulator`).
+
 Firing-rate regularizer (the paper's, Methods): ``E_reg = c_reg Σ_j (f̄_j − f*)²`` with ``f̄_j``
 the mean spike count per step of neuron ``j`` over the batch and the update window (the whole
 sequence with one update per sequence, the chunk otherwise). Its gradient flows through the
@@ -70,6 +79,7 @@ from chronograd.traces.feedback import (
     check_generator,
     random_feedback,
 )
+from chronograd.traces.learning_signal import check_learning_signal, split_targets
 
 
 class EPropCarry(NamedTuple):
@@ -117,6 +127,9 @@ class EProp(LearningRule, PersistentCarry, AfterUpdate):
             (NeuroTorch's switches).
         save_feedback, load_feedback: whether trainer checkpoints save / restore ``B``
             (without it, ``B`` is drawn again from its seed).
+        learning_signal: ``"error"`` (default: ``B ∂ℓ_t/∂y_t``) or ``"neuromodulator"``
+            (``M_t`` from the targets ``{"target": y*, "modulator": M}``; see the module
+            docstring).
         (plus the options shared by every rule, see :class:`LearningRule`: ``params``,
             ``nonfinite``)
     """
@@ -136,6 +149,7 @@ class EProp(LearningRule, PersistentCarry, AfterUpdate):
     load_state: bool = True
     save_feedback: bool = True
     load_feedback: bool = True
+    learning_signal: Literal["error", "neuromodulator"] = "error"
 
     def _check(self) -> None:
         if self.feedback not in FEEDBACKS:
@@ -167,6 +181,7 @@ class EProp(LearningRule, PersistentCarry, AfterUpdate):
         if not self.rate_reg >= 0:
             raise ValueError(f"rate_reg must be >= 0, got {self.rate_reg}")
         object.__setattr__(self, "trace_dtype", check_trace_dtype(self.trace_dtype))
+        check_learning_signal(self.learning_signal)
 
     @property
     def evaluation(self) -> Literal["traces", "reverse"]:
@@ -213,12 +228,13 @@ class EProp(LearningRule, PersistentCarry, AfterUpdate):
         self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective
     ) -> RuleStep:
         xs, targets, span = chunk
+        targets, modulator = split_targets(self.learning_signal, targets)
         net = network(model)
         params = self.trained(model)
         fb = self.feedback_matrix(model, carry)
         run = reverse_chunk if self.evaluation == "reverse" else online_chunk
         opts = Options(self.trace_norm_clip, self.rate_target, self.rate_reg, trace_dtype_of(self))
-        w = run(opts, net, params, xs, targets, state, carry.traces, objective, span, fb)
+        w = run(opts, net, params, xs, targets, state, carry.traces, objective, span, fb, modulator)
         return RuleStep(w.grads, w.state, carry._replace(traces=w.traces), w.loss, w.outputs)
 
     def after_update(self, model: nn.Module, carry: Carry, reduce: Reduce) -> Carry:

@@ -14,6 +14,10 @@
   :mod:`~chronograd.traces.feedback`: e-prop's LIF/ALIF network, its two evaluations and its
   feedback matrices.
 * :mod:`~chronograd.traces.instantaneous`: OTTT's and SLTT's per-step spatial backprop loop.
+* :mod:`~chronograd.traces.spiking_online`: the layered LIF network of OSTL, OTPE and OSTTP
+  (one step at a time, the same-step spatial signal, per-neuron traces).
+* :mod:`~chronograd.traces.learning_signal`: the trace rules' learning signal: the error
+  through feedback, or a neuromodulator ``M_t`` (three-factor and reward-based e-prop).
 """
 
 from chronograd.traces.analytic import analytic_jacobians

@@ -43,6 +43,7 @@ from chronograd.traces.eprop_network import (
     run_block,
     transition,
 )
+from chronograd.traces.learning_signal import hidden_signal
 from chronograd.traces.recursion import advance
 
 
@@ -113,11 +114,14 @@ def online_chunk(
     objective: Objective,
     span: Span,
     feedback: Tensor,
+    modulator: Tensor | None = None,
 ) -> Window:
     """e-prop over one window ``xs`` (T_w, B, I) with the traces ``traces`` carried in.
 
-    ``feedback``: ``B`` (H, O) for this window. ``traces`` is not modified (a new dictionary is
-    returned; its tensors are advanced in place).
+    ``feedback``: ``B`` (H, O) for this window. ``modulator``: a neuromodulator ``M`` (T_w, B)
+    or (T_w, B, H) that replaces the learning signal ``B ∂ℓ_t/∂y_t``
+    (:mod:`chronograd.traces.learning_signal`). ``traces`` is not modified (a new dictionary
+    is returned; its tensors are advanced in place).
     """
     T, Bsz = xs.shape[0], xs.shape[1]
     traces = dict(traces)
@@ -150,11 +154,12 @@ def online_chunk(
         _readout_grads(net, params, blk, gy, traces, grads)
         if not roles:
             continue
-        signal = bool(wb.ne(0).any())
+        mb = None if modulator is None else modulator[b0:b1]
+        signal = bool(wb.ne(0).any()) if mb is None else bool(mb.ne(0).any())
         delta = None
         if signal or (rate and b1 == T):
             delta = blk.psi.new_zeros(*blk.psi[1:].shape, lay.S)  # (K, B, H, S)
-            delta[..., lay.F] = gy @ feedback.t().to(gy.dtype)  # L_t = B ∂ℓ_t/∂y_t
+            delta[..., lay.F] = hidden_signal(gy, feedback, mb)  # L_t = B ∂ℓ_t/∂y_t, or M_t
         if rate:
             spikes += blk.z[1:].sum((0, 1))
             if b1 == T:
@@ -245,6 +250,7 @@ def reverse_chunk(
     objective: Objective,
     span: Span,
     feedback: Tensor,
+    modulator: Tensor | None = None,
 ) -> Window:
     """e-prop over the whole sequence ``xs`` (T, B, I) by the adjoint of the trace recursion.
 
@@ -252,6 +258,7 @@ def reverse_chunk(
     signal the eligibility trace ``e_t`` meets (``Σ_t L_t F_κ(e)_t = Σ_t λ_t e_t``), and
     ``p_t = c_t λ_t + M_{t+1}ᵀ p_{t+1}`` (``c_t = (ψ_t, −βψ_t)``) carries it back through the
     eligibility vector, so ``∂E/∂W = Σ_{t,b} p^v_t ⊗ u_t``. Readout: ``Σ_t ν_t ⊗ z_t``.
+    With a neuromodulator ``M`` (T, B) or (T, B, H), ``λ_t = Σ_{s≥t} κ^{s-t} M_s``.
     """
     T, Bsz = xs.shape[0], xs.shape[1]
     names = net.names
@@ -274,7 +281,15 @@ def reverse_chunk(
         grads[names["b_out"]] = nu.sum((0, 1))
     roles = [r for r in ("w_in", "b_in", "w_rec") if r in names and names[r] in params]
     if roles:
-        lam = nu @ feedback.t().to(nu.dtype)  # (T, B, H)
+        if modulator is None:
+            lam = nu @ feedback.t().to(nu.dtype)  # (T, B, H)
+        else:
+            mu = hidden_signal(gy, feedback, modulator)
+            lam = torch.empty_like(mu)
+            run = torch.zeros_like(mu[0])
+            for t in range(T - 1, -1, -1):
+                run = mu[t] + kappa * run
+                lam[t] = run
         if rule.rate_target is not None:
             lam = lam + _rate_signal(rule, z.sum((0, 1)), T * Bsz)
         pv = _adjoint(net, blk, lam)  # (T, B, H)
