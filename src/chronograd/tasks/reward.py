@@ -63,10 +63,12 @@ class CueBandit:
 
     @property
     def input_size(self) -> int:
+        """Input channels: ``channels`` for each of the two cues."""
         return 2 * self.channels
 
     @property
     def seq_len(self) -> int:
+        """Steps of one trial: the cue, the delay and the decision step."""
         return self.cue + self.delay + 1
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -201,6 +201,8 @@ class ReadoutTraces:
         gy: Tensor,
         grads: dict[str, Tensor],
     ) -> None:
+        """Advance the readout's ``κ``-traces of ``z`` (B, H) and of 1 by one step and add the
+        readout's exact gradient ``gy``ᵀ (traces) for this step into ``grads``."""
         kappa = net.readout.kappa
         zk = self.t.get("out:z")
         zk = z.clone() if zk is None else kappa * zk + z
