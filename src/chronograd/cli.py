@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from chronograd.datasets import FORMATS
 from chronograd.subcommands import COMMANDS, Command, command, parse_options
 from chronograd.training.resume import TrainingInterrupted
 
@@ -21,10 +22,15 @@ __all__ = ["COMMANDS", "Command", "command", "main", "parse_options"]
 
 # -- train --------------------------------------------------------------------------------------
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="evidence", help="task name (see `chronograd tasks`)")
+    p.add_argument("--task", default="evidence", help="task name (see: chronograd tasks)")
     p.add_argument(
-        "--data", default=None, metavar="FILE.npz",
-        help="train on your own data instead: x (N, T, I) and y (N,) labels or (N, T, O)",
+        "--data", default=None, metavar="PATH",
+        help="train on a data set instead: FILE.npz with x (N, T, I) and y (N,) labels or "
+        "(N, T, O), or a file/folder of --format",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", default=None, choices=FORMATS,
+        help="format of --data (default: from its name); digit formats need no --data",
     )  # fmt: skip
     p.add_argument("--rule", default="bptt", help="learning rule (bptt, tbptt, ...)")
     p.add_argument("--cell", default=None, help="rnn, gru, lif, alif, lsnn (default: the task's)")
@@ -57,7 +63,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @command("train", _train_args)
 def train(args: argparse.Namespace) -> int:
-    from chronograd import rules, tasks
+    from chronograd import datasets, rules, tasks
     from chronograd.models import build_model
     from chronograd.plotting import learning_curve
     from chronograd.reproducibility import seed_everything
@@ -65,8 +71,8 @@ def train(args: argparse.Namespace) -> int:
 
     seed_everything(args.seed, deterministic=args.deterministic)
     task_opts = parse_options(args.task_opt)
-    if args.data:
-        task = tasks.from_npz(args.data, seed=args.seed, **task_opts)
+    if args.data or args.format:
+        task = datasets.load(args.data, args.format, seed=args.seed, **task_opts)
     else:
         task = tasks.get(args.task, seed=args.seed, **task_opts)
     hints = dict(task.suggested)
