@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from chronograd.datasets import FORMATS
 from chronograd.subcommands import COMMANDS, Command, command, parse_options
@@ -108,6 +109,9 @@ def train(args: argparse.Namespace) -> int:
     trainer.save_checkpoint(out / "checkpoint.pt")
     if not trainer.is_main:  # under torchrun, rank 0 writes the outputs and reports
         return 0
+    spec = {"cell": cell, "hidden": hidden, "hints": hints,
+            "input_size": task.input_size, "output_size": task.output_size}  # fmt: skip
+    _save_model(out, model, spec, args, task_opts)
     learning_curve(
         history,
         out / "learning_curve.png",
@@ -133,9 +137,21 @@ def train(args: argparse.Namespace) -> int:
     print(
         f"{task.name} with {args.rule} on {cell}({hidden}): {key} = {final[key]:.4f} "
         f"(chance {task.metric.chance:.4f}) after {len(history)} epochs in {seconds:.0f}s.\n"
-        f"Outputs in {out}/: metrics.json, checkpoint.pt, learning_curve.png"
+        f"Outputs in {out}/: metrics.json, checkpoint.pt, model.pt, learning_curve.png"
     )
     return 0
+
+
+def _save_model(
+    out: Path, model: Any, spec: dict, args: argparse.Namespace, task_opts: dict
+) -> None:
+    """model.pt: what chronograd evaluate and predict rebuild the model and its data from."""
+    from chronograd.inference import save_model
+
+    data = {"task": None if args.data or args.format else args.task, "format": args.format,
+            "data": str(Path(args.data).resolve()) if args.data else None,
+            "task_opts": task_opts, "seed": args.seed}  # fmt: skip
+    save_model(out / "model.pt", model, spec, data)
 
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -167,6 +183,7 @@ def _register_comparison() -> None:
     command("compare", c.compare_args)(c.compare_command)
     command("bench", c.bench_args)(c.bench_command)
     command("raster", c.raster_args)(c.raster_command)
+    import chronograd.inference  # noqa: F401  (registers evaluate and predict)
 
 
 _register_comparison()

@@ -36,3 +36,43 @@ def learning_curve(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def confusion_matrix(counts: Any, path: str | Path, *, title: str = "") -> Path:
+    """Plot a confusion matrix ``counts[true, predicted]`` as row-normalised shares."""
+    import numpy as np
+
+    path = Path(path)
+    counts = np.asarray(counts, dtype=float)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    C = counts.shape[0]
+    size = min(12.0, 2.5 + 0.35 * C)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(shares, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    step = max(1, C // 20)
+    ax.set_xticks(range(0, C, step))
+    ax.set_yticks(range(0, C, step))
+    if C <= 12:
+        for i in range(C):
+            for j in range(C):
+                if counts[i, j]:
+                    color = "white" if shares[i, j] > 0.5 else "black"
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(counts[i, j])}",
+                        ha="center",
+                        va="center",
+                        color=color,
+                        fontsize=8,
+                    )
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
