@@ -10,11 +10,35 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+LABELS = {
+    "loss": "loss (objective)",
+    "accuracy": "accuracy",
+    "nmse": "normalised MSE (MSE / variance)",
+    "mse": "mean squared error",
+    "bpc": "bits per character",
+}
+
+
+def _label(key: str) -> str:
+    """A readable axis label for a history key (``val_accuracy`` -> ``accuracy``)."""
+    return LABELS.get(key, key.replace("_", " "))
+
 
 def learning_curve(
-    history: Any, path: str | Path, *, metric: str | None = None, title: str = ""
+    history: Any,
+    path: str | Path,
+    *,
+    metric: str | None = None,
+    title: str = "",
+    chance: float | None = None,
 ) -> Path:
-    """Plot train/validation loss (and a metric on a second panel) per epoch."""
+    """Plot training and validation loss (and ``metric`` on a second panel) per epoch.
+
+    Epochs are whole-number ticks; ``chance`` (the metric's trivial baseline, e.g. the majority
+    class's share) is drawn as a dashed line on the metric panel.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     path = Path(path)
     keys = history.keys
     panels = [("loss", [k for k in ("loss", "val_loss") if k in keys])]
@@ -24,9 +48,13 @@ def learning_curve(
     epochs = history["epoch"]
     for ax, (name, series) in zip(axes[0], panels):
         for k in series:
-            ax.plot(epochs, history[k], marker="o", ms=3, label=k)
+            ax.plot(epochs, history[k], marker="o", ms=3,
+                    label="validation" if k.startswith("val_") else "training")  # fmt: skip
+        if name == metric and chance is not None:
+            ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.3g})")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
+        ax.set_ylabel(_label(name))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
