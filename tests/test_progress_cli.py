@@ -136,3 +136,22 @@ def test_tensorboard_flag_writes_event_files(tmp_path):
             "--out", str(tmp_path / "r"), "--tensorboard", str(tmp_path / "tb")]  # fmt: skip
     assert main(args) == 0
     assert any((tmp_path / "tb").iterdir())
+
+
+def test_learning_curve_has_readable_labels_integer_epochs_and_the_chance_line(
+    monkeypatch, tmp_path
+):
+    import chronograd.plotting as plotting
+    from chronograd.training import History
+
+    figures = []
+    monkeypatch.setattr(plotting.plt, "close", figures.append)
+    h = History()
+    for e in range(1, 4):
+        h.append(e, loss=1.0 / e, val_loss=1.2 / e, accuracy=0.3 * e, val_accuracy=0.25 * e)
+    plotting.learning_curve(h, tmp_path / "lc.png", metric="accuracy", chance=0.25)
+    loss_ax, metric_ax = figures[0].axes
+    assert (loss_ax.get_ylabel(), metric_ax.get_ylabel()) == ("loss (objective)", "accuracy")
+    assert all(float(t).is_integer() for t in metric_ax.get_xticks())
+    assert any(list(ln.get_ydata()) == [0.25, 0.25] for ln in metric_ax.get_lines())
+    assert (tmp_path / "lc.png").stat().st_size > 0
