@@ -85,3 +85,21 @@ def test_a_training_checkpoint_is_not_a_model_file(run):
         load_model(run / "checkpoint.pt")
     with pytest.raises(FileNotFoundError, match="run directory"):
         load_model(run / "nowhere")
+
+
+def test_evaluation_of_a_spike_encoded_task_sees_the_trainers_validation_spikes():
+    from chronograd.models import build_model
+    from chronograd.rules import BPTT
+    from chronograd.tasks import get
+    from chronograd.training import Trainer
+
+    torch.manual_seed(0)
+    task = get("digits", encoding="spikes", steps=5, batch_size=128)
+    model = build_model("lif", task.input_size, task.output_size, 8)
+    trainer = Trainer(
+        model, BPTT(), task.objective, metrics={"accuracy": task.metric}, progress=False
+    )
+    expected = trainer.evaluate(task.val)
+    report = evaluate_model(model, task)
+    assert report["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert report["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)

@@ -242,6 +242,7 @@ def list_tasks(args: argparse.Namespace) -> int:
             f"{name:24s} T={t.seq_len:<6d} in={t.input_size:<4d} out={t.output_size:<3d} {t.description}"
         )
     print(f"{'--data FILE.npz':24s} your own data: x (N, T, I), y (N,) labels or (N, T, O) targets")
+    print(f"{'--data PATH --format F':24s} a data set file, F in: {', '.join(FORMATS)}")
     return 0
 
 

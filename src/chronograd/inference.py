@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from chronograd.sequence import unroll
 from chronograd.subcommands import command, parse_options
 from chronograd.tasks.base import Task
+from chronograd.tasks.seeding import derive_seed
 from chronograd.training import checkpoint as ckpt
 
 MODEL_FILE = "model.pt"
@@ -138,7 +139,11 @@ def split_batches(task: Task, split: str = "val") -> Iterator[tuple[Tensor, Tens
     idx = {"val": d.val_idx, "train": d.train_idx, "all": torch.arange(len(d.y))}[split]
     for i, start in enumerate(range(0, len(idx), task.batch_size)):
         part = idx[start : start + task.batch_size]
-        x, y = d.get(part, torch.Generator().manual_seed(task.seed * 1_000_003 + i))
+        # the validation split draws the trainer's spike encodings (ArrayData.batches' seeds)
+        g = torch.Generator().manual_seed(
+            derive_seed(task.seed, 1 if split == "val" else 2, 0, i, 1)
+        )
+        x, y = d.get(part, g)
         yield x, y, part
 
 
