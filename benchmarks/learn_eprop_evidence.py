@@ -57,7 +57,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     rule = make_rule(name, args)
     # --lr-decay: factor per 100 iterations (epochs are --validate-every iterations)
     gamma = args.lr_decay ** (args.validate_every / 100)
-    trainer = Trainer(model, rule, task.objective, lr=args.lr, metrics={"err": task.metric},
+    trainer = Trainer(model, rule, task.objective, lr=args.lr, metrics={"err": task.metric}, progress=False,
                       scheduler=lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma))  # fmt: skip
     curve: list[tuple[int, float]] = []
     state = {"hit": None}

@@ -47,7 +47,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model = Stack(LIF(task.input_size, 100, tau_mem=tau, threshold=0.6),
                   LeakyReadout(100, task.output_size, kappa=math.exp(-1.0 / tau)))  # fmt: skip
     trainer = Trainer(model, make_rule(name, args), task.objective, lr=args.lr,
-                      metrics={"nmse": task.metric})  # fmt: skip
+                      metrics={"nmse": task.metric}, progress=False)  # fmt: skip
     curve: list[tuple[int, float]] = []
 
     def record(t: Trainer) -> None:

@@ -137,11 +137,11 @@ def test_cli_resume_from_a_damaged_last_checkpoint_falls_back(tmp_path, capsys):
     base = ["train", "--task-opt", "time_scale=0.05", "--task-opt", "batch_size=4",
             "--task-opt", "batches_per_epoch=1", "--task-opt", "val_batches=1",
             "--hidden", "4", "--quiet", "--out", str(tmp_path)]  # fmt: skip
-    assert main([*base, "--epochs", "1"]) == 0
-    last = tmp_path / "checkpoints" / "last.pt"
+    assert main([*base, "--epochs", "2"]) == 0
+    last = tmp_path / "checkpoint.pt"  # epoch 2; epoch 1's state is checkpoint.prev.pt
     last.write_bytes(last.read_bytes()[:-10])
-    with pytest.warns(UserWarning, match="resuming from .*epoch_00001.pt"):
-        assert main([*base, "--epochs", "2", "--resume", str(last)]) == 0
+    with pytest.warns(UserWarning, match=r"resuming from .*checkpoint\.prev\.pt"):
+        assert main([*base, "--epochs", "3", "--resume", str(last)]) == 0
     # nothing to fall back to: one line naming the file, exit 2
     lone = tmp_path / "lone.pt"
     lone.write_bytes(b"PK" + bytes(100))

@@ -1,6 +1,12 @@
-"""The documentation: every code block on its pages runs as written (so none can rot), every
-page is in the site's navigation, and every public module and name has a docstring (the
-strict site build, ``make docs``, checks the rest: references, links, docstring syntax)."""
+"""The documentation: every code block on its pages and in README.md runs as written (so none
+can rot), every page is in the site's navigation, and every public module and name has a
+docstring (the strict site build, ``make docs``, checks the rest: references, links, docstring
+syntax).
+
+A block that truly cannot run in a test (it needs torchrun, a GPU cluster, a user's file) is
+marked by the line ``<!-- not run -->`` right before its fence; every other block runs, in
+order, in one namespace per page.
+"""
 
 import importlib.util
 import re
@@ -10,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+NOT_RUN = "<!-- not run -->"
 PAGES = sorted(DOCS.rglob("*.md"))
 
 
@@ -26,15 +33,19 @@ def python_blocks(path: Path) -> list[str]:
 
 
 def python_blocks_at(path: Path) -> list[tuple[int, str]]:
-    """The page's Python blocks with the line (0-based) each one's code starts on."""
+    """The page's Python blocks (except those marked not run) with the line (0-based) each
+    one's code starts on."""
     text = path.read_text()
     return [
-        (text.count("\n", 0, m.start(1)), m.group(1))
-        for m in re.finditer(r"```python\n(.*?)```", text, flags=re.S)
+        (text.count("\n", 0, m.start(2)), m.group(2))
+        for m in re.finditer(r"(<!-- not run -->\n)?```python\n(.*?)```", text, flags=re.S)
+        if not m.group(1)
     ]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize(
+    "page", [*PAGES, ROOT / "README.md"], ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_every_python_block_of_a_docs_page_runs_in_order(page, tmp_path, monkeypatch):
     blocks = python_blocks_at(page)
     if not blocks:
@@ -126,3 +137,15 @@ def test_pipes_escaped_for_github_are_unescaped_in_table_code_spans_only():
     fix = _hooks().unescape_table_code
     assert fix("| `a\\|b` | x \\| y |") == "| `a|b` | x \\| y |"
     assert fix("text `a\\|b`") == "text `a\\|b`"
+
+
+def test_readme_quick_start_is_examples_quickstart():
+    quick = python_blocks(ROOT / "README.md")[0]
+    assert "cg.tasks.get(" in quick and "trainer.fit(" in quick
+    assert quick.strip() in (ROOT / "examples" / "quickstart.py").read_text()
+
+
+def test_not_run_marker_skips_only_the_marked_block(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text(f"```python\na = 1\n```\n{NOT_RUN}\n```python\nraise SystemExit\n```\n")
+    assert python_blocks(page) == ["a = 1\n"]

@@ -1,4 +1,5 @@
-"""The examples run end to end (FORCE has its own, shortened test in test_force_example.py).
+"""The examples run end to end (FORCE has its own, shortened test in test_force_example.py;
+quickstart.py is the README's quick start, which test_docs.py runs).
 
 The timeout is generous: an example takes about 30 s on an idle 2-core machine, several times
 that when the machine is busy; the test is about running to the end, not about speed.
@@ -14,7 +15,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.parametrize("name", ["quickstart.py", "dale_rnn.py", "eligibility_traces.py"])
+@pytest.mark.parametrize("name", ["dale_rnn.py", "eligibility_traces.py"])
 def test_example_runs(name, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), MPLBACKEND="Agg")
     out = subprocess.run([sys.executable, str(EXAMPLES / name)], cwd=tmp_path, env=env, capture_output=True,

@@ -69,7 +69,7 @@ COMPARE_FLAGS = {
 
 def compare_args(p: argparse.ArgumentParser) -> None:
     """Add the options of ``chronograd compare`` to the parser ``p``."""
-    p.add_argument("--task", default="evidence", help="task name (see `chronograd tasks`)")
+    p.add_argument("--task", default="evidence", help="task name (see: chronograd tasks)")
     p.add_argument("--rules", default=ALL_RULES, help=f"comma-separated (default: {ALL_RULES})")
     p.add_argument("--cell", default=None, help="rnn, gru, lif, alif, lsnn (default: the task's)")
     p.add_argument("--hidden", type=int, default=None, help="hidden units (default: the task's)")
@@ -98,7 +98,7 @@ def compare_args(p: argparse.ArgumentParser) -> None:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    """``chronograd compare``: run :func:`~chronograd.comparison.compare` and print its table."""
+    """Train several rules on one task side by side and tabulate their results."""
     from chronograd.comparison.common import rule_options
     from chronograd.comparison.report import compare_table as table
     from chronograd.comparison.side_by_side import compare
@@ -168,7 +168,7 @@ def bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    """``chronograd bench``: run :func:`~chronograd.comparison.bench` and print its table."""
+    """Measure time and memory of rules as the sequence length grows."""
     from chronograd.comparison.common import rule_options
     from chronograd.comparison.report import bench_table as table
     from chronograd.comparison.scaling import bench
@@ -197,7 +197,7 @@ def bench_command(args: argparse.Namespace) -> int:
 # -- raster -------------------------------------------------------------------------------------
 def raster_args(p: argparse.ArgumentParser) -> None:
     """Add the options of ``chronograd raster`` to the parser ``p``."""
-    p.add_argument("--run", default=None, help="a `chronograd train` output directory")
+    p.add_argument("--run", default=None, help="an output directory of chronograd train")
     p.add_argument("--task", default=None, help="task name (default: the run's, or evidence)")
     p.add_argument("--cell", default=None, help="cell (default: the run's, or the task's)")
     p.add_argument("--hidden", type=int, default=None, help="hidden units (default: as --cell)")
@@ -211,7 +211,7 @@ def raster_args(p: argparse.ArgumentParser) -> None:
 
 
 def raster_command(args: argparse.Namespace) -> int:
-    """``chronograd raster``: plot spikes, membranes and readout of one validation sequence."""
+    """Plot the spike raster and activity of a model on one batch of a task."""
     from chronograd.activity import record
     from chronograd.comparison.common import make_task, model_for_task
     from chronograd.training import load

@@ -325,7 +325,7 @@ def _run_rule(
     torch.manual_seed(seed)
     trainer = Trainer(
         model, rule, task.objective, optimizer=False if direct else None, lr=lr,
-        metrics={task.metric.name: task.metric}, device=device,
+        metrics={task.metric.name: task.metric}, device=device, progress=False,
     )  # fmt: skip
     trainer.carry = carry0  # the persistent parts the initial alignment used
     batch_ms: list[float] = []

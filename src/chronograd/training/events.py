@@ -107,6 +107,8 @@ class TrainerState:
     chunk_loss: float = float("nan")
     metrics: dict[str, float] = field(default_factory=dict)
     terminate: bool = False
+    max_epochs: int = 0  # the ``epochs`` of the running fit
+    epoch_length: int | None = None  # batches per epoch, when the training data has a len()
 
 
 def event_count(event: Event, state: TrainerState) -> int:

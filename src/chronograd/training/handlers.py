@@ -3,50 +3,101 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
 from chronograd.training.events import Event
+from chronograd.training.resume import previous
 
 
 class ProgressBar:
-    """A one-line progress display per epoch on ``stream`` (stderr), then the epoch summary."""
+    """Progress with live metrics on ``stream`` (default stderr); rank 0 only.
 
-    def __init__(self, stream: IO[str] | None = None, every: int = 1) -> None:
+    On a terminal (``live=True``, the default when ``stream.isatty()``) one line is redrawn in
+    place after every ``every``-th batch: epoch ``e/E``, a bar and ``i/N`` batches when the
+    epoch's length is known (``total=``, or ``len()`` of the training data), the running mean
+    loss and the batch rate; the epoch then ends with its summary line (train and validation
+    metrics, time). Otherwise (a log file, a pipe) nothing is redrawn and no carriage return is
+    written: one summary line per epoch.
+
+    Args:
+        stream: a text stream.
+        every: redraw after every ``every``-th batch.
+        total: batches per epoch, when the data cannot say (a callable source).
+        live: redraw in place; default: whether ``stream`` is a terminal.
+        width: characters of the bar.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        every: int = 1,
+        *,
+        total: int | None = None,
+        live: bool | None = None,
+        width: int = 20,
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.every = every
-        self._batches = 0
-        self._epochs: int | None = None
+        self.every, self.total, self.width = every, total, width
+        self.live = is_terminal(self.stream) if live is None else bool(live)
+        self._batches, self._loss_sum, self._t0 = 0, 0.0, 0.0
 
     def attach(self, trainer: Any) -> ProgressBar:
         """Register the bar's epoch and batch handlers on ``trainer``; returns ``self``."""
         trainer.add_handler(Event.EPOCH_STARTED, self._epoch_started)
-        trainer.add_handler(Event.BATCH_COMPLETED(every=self.every), self._batch)
+        trainer.add_handler(Event.BATCH_COMPLETED, self._batch)
         trainer.add_handler(Event.EPOCH_COMPLETED, self._epoch_completed)
         return self
 
     def _epoch_started(self, trainer: Any) -> None:
-        self._batches = 0
+        self._batches, self._loss_sum, self._t0 = 0, 0.0, time.perf_counter()
+
+    def _epoch_label(self, trainer: Any) -> str:
+        epochs = trainer.state.max_epochs
+        return f"epoch {trainer.state.epoch}" + (f"/{epochs}" if epochs else "")
+
+    def line(self, trainer: Any) -> str:
+        """The live line: epoch, bar, batches, running mean loss, rate."""
+        total = self.total if self.total is not None else trainer.state.epoch_length
+        n = self._batches
+        if total:
+            done = min(1.0, n / total)
+            filled = int(done * self.width)
+            bar = f" [{'#' * filled}{'.' * (self.width - filled)}] {n}/{total}"
+        else:
+            bar = f" batch {n}"
+        rate = n / max(time.perf_counter() - self._t0, 1e-9)
+        mean = self._loss_sum / max(n, 1)
+        return f"{self._epoch_label(trainer)}{bar} loss {mean:.4f} ({rate:.1f} batch/s)"
 
     def _batch(self, trainer: Any) -> None:
-        self._batches += self.every
-        if not trainer.is_main:
+        self._batches += 1
+        self._loss_sum += trainer.state.batch_loss
+        if not trainer.is_main or not self.live or self._batches % self.every:
             return
-        self.stream.write(
-            f"\repoch {trainer.state.epoch} batch {self._batches} loss {trainer.state.batch_loss:.4f}   "
-        )
+        self.stream.write("\r" + self.line(trainer) + "\x1b[K")
         self.stream.flush()
 
     def _epoch_completed(self, trainer: Any) -> None:
         if not trainer.is_main:
             return
         m = trainer.state.metrics
-        parts = [f"{k} {v:.4g}" for k, v in m.items() if k not in ("time",)]
-        self.stream.write(
-            f"\repoch {trainer.state.epoch}: " + "  ".join(parts) + f"  ({m.get('time', 0):.1f}s)\n"
-        )
+        parts = [f"{k} {v:.4g}" for k, v in m.items() if k != "time"]
+        summary = f"{self._epoch_label(trainer)}: " + "  ".join(parts)
+        summary += f"  ({m.get('time', 0):.1f}s)\n"
+        self.stream.write(("\r" + summary[:-1] + "\x1b[K\n") if self.live else summary)
         self.stream.flush()
+
+
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an interactive terminal (False for files, pipes, StringIO)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 class EarlyStopping:
@@ -84,6 +135,8 @@ class EarlyStopping:
             raise KeyError(
                 f"EarlyStopping monitors {self.monitor!r}, which is not in the history ({trainer.history.keys})"
             )
+        if self.monitor not in trainer.state.metrics:  # not measured this epoch (val_every)
+            return
         value = trainer.history.last(self.monitor)
         better = (
             value < self.best - self.min_delta
@@ -106,6 +159,10 @@ class Checkpoint:
     resumes from its last batch boundary). Attaching makes ``last.pt`` the trainer's
     ``interrupt_checkpoint`` (written on SIGTERM/SIGINT). :meth:`resume` continues from the
     newest intact file of the directory (a damaged ``last.pt`` falls back to a kept epoch file).
+
+    ``epoch_files=False`` keeps no ``epoch_*.pt`` files: the latest state in ``last`` (another
+    file name than ``last.pt`` if given) and the one before it, renamed to ``<last>.prev.pt``
+    (the fallback when ``last`` is damaged), so each state is written once.
     """
 
     def __init__(
@@ -116,6 +173,9 @@ class Checkpoint:
         monitor: str | None = None,
         mode: str = "min",
         every_batches: int | None = None,
+        *,
+        epoch_files: bool = True,
+        last: str = "last.pt",
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
@@ -123,7 +183,7 @@ class Checkpoint:
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.directory = Path(directory)
         self.every, self.keep, self.monitor, self.mode = every, keep, monitor, mode
-        self.every_batches = every_batches
+        self.every_batches, self.epoch_files, self.last = every_batches, epoch_files, last
         self.best = math.inf if mode == "min" else -math.inf
         self.saved: list[Path] = []
 
@@ -132,11 +192,11 @@ class Checkpoint:
         trainer.add_handler(Event.EPOCH_COMPLETED(every=self.every), self)
         if self.every_batches is not None:
             trainer.add_handler(Event.BATCH_COMPLETED(every=self.every_batches), self._batch)
-        trainer.interrupt_checkpoint = self.directory / "last.pt"
+        trainer.interrupt_checkpoint = self.directory / self.last
         return self
 
     def _batch(self, trainer: Any) -> None:
-        trainer.save_checkpoint(self.directory / "last.pt")
+        trainer.save_checkpoint(self.directory / self.last)
 
     def resume(self, trainer: Any) -> Path | None:
         """Continue ``trainer`` from this directory's newest intact checkpoint: ``last.pt``, or
@@ -160,9 +220,13 @@ class Checkpoint:
     def __call__(self, trainer: Any) -> None:
         if not trainer.is_main:
             return
-        path = trainer.save_checkpoint(self.directory / f"epoch_{trainer.state.epoch:05d}.pt")
-        self.saved.append(path)
-        trainer.save_checkpoint(self.directory / "last.pt")
+        last = self.directory / self.last
+        if self.epoch_files:
+            path = self.directory / f"epoch_{trainer.state.epoch:05d}.pt"
+            self.saved.append(trainer.save_checkpoint(path))
+        elif last.is_file():  # the previous state stays, once, as the fallback
+            os.replace(last, previous(last))
+        trainer.save_checkpoint(last)
         while len(self.saved) > self.keep:
             old = self.saved.pop(0)
             if old.exists():

@@ -277,14 +277,21 @@ def load_trainer_state(trainer: Resumable, state: Mapping[str, Any]) -> None:
                 obj.load_state_dict(sd)
 
 
+def previous(path: Path) -> Path:
+    """Where :class:`~chronograd.training.Checkpoint` keeps the state before ``path``
+    (``checkpoint.pt`` -> ``checkpoint.prev.pt``) when it writes no epoch files."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def fallbacks(path: Path) -> list[Path]:
     """The checkpoints kept beside ``path`` by :class:`~chronograd.training.Checkpoint` that
-    can stand in for it, newest first: every ``epoch_*.pt`` for ``last.pt``/``best.pt``, the
-    earlier ones for ``epoch_N.pt``."""
+    can stand in for it, newest first: its ``.prev`` file, then every ``epoch_*.pt`` for
+    ``last.pt``/``best.pt``, the earlier ones for ``epoch_N.pt``."""
     kept = sorted(path.parent.glob("epoch_*.pt"), reverse=True)
     if path.name.startswith("epoch_"):
         return [p for p in kept if p.name < path.name]
-    return [p for p in kept if p != path]
+    prev = [previous(path)] if previous(path).is_file() else []
+    return prev + [p for p in kept if p != path]
 
 
 def load_checkpoint(path: str | Path, map_location: Any = None) -> tuple[Any, Path]:

@@ -17,8 +17,9 @@ and fires events (:mod:`~chronograd.training.events`).
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from chronograd.training.apply import apply_to_model, run_sequence
 from chronograd.training.data import Batches, default_prepare_batch, epoch_batches
 from chronograd.training.evaluation import evaluate
 from chronograd.training.events import Event, EventFilter, Handlers, TrainerState, event_count
-from chronograd.training.handlers import ProgressBar
+from chronograd.training.handlers import ProgressBar, is_terminal
 from chronograd.training.history import History
 from chronograd.training.resume import (
     EpochProgress,
@@ -68,7 +69,10 @@ class Trainer:
         metrics: ``{name: fn(outputs, targets) -> float}`` averaged over batches (weighted by
             batch size) for validation (``val_<name>``) and training (``<name>``).
         device: where batches go (default: the model's device).
-        progress: show a progress line on stderr.
+        progress: ``None`` (default): a :class:`~chronograd.training.ProgressBar` on stderr
+            when stderr is a terminal; ``True``: one always (one line per epoch into a log
+            file or pipe); ``False``: none; or a ``ProgressBar`` to attach.
+        verbose: ``False`` silences the progress bar (the same as ``progress=False``).
         distributed: ``"auto"`` (default: data-parallel when launched by torchrun or when a
             process group is initialised), ``True`` (require it) or ``False``; see
             :mod:`chronograd.training.distributed` (only rank 0 writes files and progress).
@@ -109,7 +113,8 @@ class Trainer:
         scheduler: Any = None,
         metrics: Mapping[str, setup.Metric] | None = None,
         device: torch.device | str | None = None,
-        progress: bool = False,
+        progress: bool | ProgressBar | None = None,
+        verbose: bool = True,
         distributed: bool | str | None = "auto",
         shard: bool = True,
         constraints: Sequence[Callable[[], object]] = (),
@@ -141,8 +146,11 @@ class Trainer:
         self.progress: EpochProgress | None = None
         self.extra_state: dict[str, Any] = {}
         self._signals, self._handlers = SignalGuard(), Handlers()
-        if progress:
-            ProgressBar().attach(self)
+        self._val_every = 1
+        if progress is None:
+            progress = is_terminal(sys.stderr)
+        if verbose and progress is not False:
+            (progress if isinstance(progress, ProgressBar) else ProgressBar()).attach(self)
 
     # -- events -------------------------------------------------------------------------------
     def on(self, event: Event | EventFilter, *args: Any, **kwargs: Any) -> events.Decorator:
@@ -190,10 +198,17 @@ class Trainer:
         return time_first(x, self.time_dim), time_first(y, self.time_dim)
 
     # -- the loop -----------------------------------------------------------------------------
-    def fit(self, train: Batches, epochs: int, val: Batches | None = None) -> History:
-        """Train until epoch ``epochs`` (counting epochs already done when resumed)."""
+    def fit(
+        self, train: Batches, epochs: int, val: Batches | None = None, *, val_every: int = 1
+    ) -> History:
+        """Train until epoch ``epochs`` (counting epochs already done when resumed); validate
+        on ``val`` after every ``val_every``-th epoch and the last one."""
         setup.check_fit_arguments(epochs, train, val)
-        self.state.terminate = False
+        if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
+            raise ValueError(f"val_every must be a positive int (epochs), got {val_every!r}")
+        self.state.terminate, self._val_every = False, val_every
+        self.state.max_epochs = epochs
+        self.state.epoch_length = len(train) if isinstance(train, Sized) else None
         self.distributed = data_parallel.start(self._distributed_mode, self.device, self.model)
         self._signals.install()
         try:
@@ -239,13 +254,14 @@ class Trainer:
         record = prog.means(list(self.metrics), self.distributed)
         if self.optimizer is not None:
             record["lr"] = float(self.optimizer.param_groups[0]["lr"])
-        if val is not None:
+        last = self.state.epoch >= self.state.max_epochs or self.state.terminate
+        if val is not None and not (self.state.epoch % self._val_every and not last):
             record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
         record["time"] = time.perf_counter() - t0
         self.progress = None
         self.history.append(self.state.epoch, **record)
         self.state.metrics = record
-        if val is not None:
+        if any(k.startswith("val_") for k in record):
             self.fire(Event.VALIDATION_COMPLETED)
         setup.step_scheduler(self.scheduler, record)
         self.fire(Event.EPOCH_COMPLETED)
