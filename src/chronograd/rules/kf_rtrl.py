@@ -51,7 +51,14 @@ from chronograd.rules.base import (
     penalty_grads,
 )
 from chronograd.traces.chunk import time_slice
-from chronograd.traces.random_signs import EPS, check_samples, check_seed, signs
+from chronograd.traces.random_signs import (
+    EPS,
+    check_samples,
+    check_seed,
+    generator_state,
+    load_generator,
+    signs,
+)
 
 
 class KFCarry(NamedTuple):
@@ -124,12 +131,10 @@ class KFRTRL(LearningRule, PersistentCarry):
         return KFCarry(carry.generator)
 
     def carry_state_dict(self, carry: Carry) -> dict[str, Any] | None:
-        return {"generator": carry.generator.get_state()}
+        return generator_state(carry.generator)
 
     def load_carry_state_dict(self, model: nn.Module, state: dict[str, Any]) -> Carry:
-        gen = torch.Generator()
-        gen.set_state(state["generator"])
-        return KFCarry(gen)
+        return KFCarry(load_generator(state))
 
     def update(
         self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective

@@ -47,7 +47,14 @@ from chronograd.rules.base import (
     penalty_grads,
 )
 from chronograd.traces.chunk import time_slice
-from chronograd.traces.random_signs import EPS, check_samples, check_seed, signs
+from chronograd.traces.random_signs import (
+    EPS,
+    check_samples,
+    check_seed,
+    generator_state,
+    load_generator,
+    signs,
+)
 
 
 class UOROCarry(NamedTuple):
@@ -88,12 +95,10 @@ class UORO(LearningRule, PersistentCarry):
         return UOROCarry(carry.generator)
 
     def carry_state_dict(self, carry: Carry) -> dict[str, Any] | None:
-        return {"generator": carry.generator.get_state()}
+        return generator_state(carry.generator)
 
     def load_carry_state_dict(self, model: nn.Module, state: dict[str, Any]) -> Carry:
-        gen = torch.Generator()
-        gen.set_state(state["generator"])
-        return UOROCarry(gen)
+        return UOROCarry(load_generator(state))
 
     def update(
         self, model: nn.Module, chunk: Chunk, state: State, carry: Carry, objective: Objective

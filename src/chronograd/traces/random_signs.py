@@ -32,3 +32,17 @@ def check_samples(samples: Any) -> None:
     """``samples`` is a positive int (independent estimates averaged)."""
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"samples must be a positive int (independent estimates), got {samples!r}")
+
+
+def generator_state(gen: torch.Generator) -> dict[str, Tensor]:
+    """The checkpointable part of a rule's carry that is its noise generator."""
+    return {"generator": gen.get_state()}
+
+
+def load_generator(state: dict[str, Any]) -> torch.Generator:
+    """Inverse of :func:`generator_state`: a CPU generator resuming the saved draws."""
+    if not isinstance(state, dict) or not isinstance(state.get("generator"), Tensor):
+        raise ValueError("not a noise-generator carry: expected {'generator': <state tensor>}")
+    gen = torch.Generator()
+    gen.set_state(state["generator"])
+    return gen
