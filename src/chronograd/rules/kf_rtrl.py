@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp
 
-from chronograd._tree import detach, tree_leaves, tree_map, tree_stack, tree_unflatten
+from chronograd._tree import detach, tree_leaves, tree_stack, tree_unflatten
 from chronograd.cells.base import State
 from chronograd.cells.rnn import LeakyRNN
 from chronograd.objectives import Objective
@@ -50,7 +50,7 @@ from chronograd.rules.base import (
     check_chunk_size,
     penalty_grads,
 )
-from chronograd.traces.chunk import time_slice
+from chronograd.traces.chunk import step_loss
 from chronograd.traces.random_signs import (
     EPS,
     check_samples,
@@ -162,13 +162,9 @@ class KFRTRL(LearningRule, PersistentCarry):
         eye = torch.eye(H, device=xs.device, dtype=dtype)
         outs, total = [], torch.zeros((), device=xs.device, dtype=dtype)
         for t in range(T):
-            h_req = [leaf.clone().requires_grad_(True) for leaf in leaves]
-            with torch.enable_grad():
-                out, new_state = model(xs[t], tree_unflatten(state, h_req))
-                per = objective.per_sample(
-                    tree_map(lambda v: v.unsqueeze(0), out), time_slice(targets, t, t + 1)
-                )
-                ell = (w[t] * per[0]).sum()
+            out, new_state, ell, h_req = step_loss(
+                model, xs[t], state, leaves, targets, t, w[t], objective
+            )
             if ell.requires_grad and bool(w[t].ne(0).any()):
                 got = torch.autograd.grad(
                     ell, [params[n] for n in names] + h_req[:1], allow_unused=True

@@ -20,12 +20,12 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from chronograd._tree import tree_cat, tree_leaves, tree_map
+from chronograd._tree import tree_cat, tree_leaves, tree_map, tree_unflatten
 from chronograd.cells.base import State, check_cell, param_like
 from chronograd.objectives import Objective
 from chronograd.rules.base import Grads, RuleStep, penalty_grads
@@ -151,20 +151,13 @@ def run_chunk(
     skips the learning signal.
     ``readout``: passed to :meth:`TraceGraph.run` (D-RTRL's ``readout="filter"``).
     """
-    T, B = xs.shape[0], xs.shape[1]
-    graph = carry.graph if carry.graph is not None else graph_for(model, xs[0], state, list(params))
-    carry = replace(
-        carry, graph=graph, weight=dict(carry.weight), bias=dict(carry.bias),
-        neuron=dict(carry.neuron), ex=dict(carry.ex), ef=dict(carry.ef),
-    )  # fmt: skip
-    leaves = tree_leaves(state)
-    ref = leaves[0] if leaves else xs
-    w = objective.weights(
-        span.total, B, start=span.start, stop=span.stop, device=xs.device, dtype=ref.dtype
-    )
+    T = xs.shape[0]
+    carry, w = begin_chunk(model, xs, state, carry, objective, span, params)
+    graph = carry.graph
+    assert graph is not None  # compiled by begin_chunk
     grads: dict[str, Tensor] = {}
     outs: list[Any] = []
-    total = torch.zeros((), device=xs.device, dtype=ref.dtype)
+    total = torch.zeros((), device=xs.device, dtype=w.dtype)
     for b0 in range(0, T, BLOCK):
         b1 = min(T, b0 + BLOCK)
         wb = w[b0:b1]
@@ -260,3 +253,64 @@ def bias_traces(
         g = signal_grad(blk, r.group, small_traces(eb, blk.D[r.group], Df))
         if g is not None:
             add_grad(grads, r.bias, g.sum((0, 2)))
+
+
+class StepLoss(NamedTuple):
+    """One step run from a state whose leaves require grad (see :func:`step_loss`)."""
+
+    output: Any
+    state: State
+    loss: Tensor
+    state_leaves: list[Tensor]
+
+
+def step_loss(
+    model: nn.Module,
+    x: Tensor,
+    state: State,
+    leaves: list[Tensor],
+    targets: Any,
+    t: int,
+    weight: Tensor,
+    objective: Objective,
+) -> StepLoss:
+    """Step ``t`` of a chunk with a graph to the parameters and to the state entering it.
+
+    ``leaves``: the detached leaves of ``state``; fresh copies that require grad enter the step,
+    so ``∂ℓ_t/∂h_{t-1}`` is available. ``weight``: the step's loss weights ``w_t`` ``(B,)``;
+    the loss is ``Σ_b w_tb ℓ_tb`` (the objective's per-sample loss at step ``t``). Used by the
+    influence-matrix rules (SnAp, UORO, KF-RTRL).
+    """
+    h_req = [leaf.clone().requires_grad_(True) for leaf in leaves]
+    with torch.enable_grad():
+        out, new_state = model(x, tree_unflatten(state, h_req))
+        per = objective.per_sample(
+            tree_map(lambda v: v.unsqueeze(0), out), time_slice(targets, t, t + 1)
+        )
+        loss = (weight * per[0]).sum()
+    return StepLoss(out, new_state, loss, h_req)
+
+
+def begin_chunk(
+    model: nn.Module,
+    xs: Tensor,
+    state: State,
+    carry: TraceCarry,
+    objective: Objective,
+    span: Span,
+    params: dict[str, Any],
+) -> tuple[TraceCarry, Tensor]:
+    """The chunk's own copy of ``carry`` (its graph compiled at the first chunk) and the
+    objective's loss weights ``w`` ``(T_c, B)`` of the chunk, in the state's dtype."""
+    graph = carry.graph if carry.graph is not None else graph_for(model, xs[0], state, list(params))
+    carry = replace(
+        carry, graph=graph, weight=dict(carry.weight), bias=dict(carry.bias),
+        neuron=dict(carry.neuron), ex=dict(carry.ex), ef=dict(carry.ef),
+    )  # fmt: skip
+    leaves = tree_leaves(state)
+    ref = leaves[0] if leaves else xs
+    w = objective.weights(
+        span.total, xs.shape[1], start=span.start, stop=span.stop, device=xs.device,
+        dtype=ref.dtype,
+    )  # fmt: skip
+    return carry, w

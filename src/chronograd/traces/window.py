@@ -80,23 +80,16 @@ def run_windows(
     ``carry`` is a :class:`~chronograd.traces.chunk.TraceCarry`; ``on_block`` advances its traces
     over a block run without a loss (it is the rule's ordinary block callback).
     """
-    from chronograd.traces.chunk import BLOCK, graph_for, time_slice
+    from chronograd.traces.chunk import BLOCK, begin_chunk, time_slice
 
-    T, B = xs.shape[0], xs.shape[1]
-    graph = carry.graph if carry.graph is not None else graph_for(model, xs[0], state, list(params))
-    carry = replace(
-        carry, graph=graph, weight=dict(carry.weight), bias=dict(carry.bias),
-        neuron=dict(carry.neuron), ex=dict(carry.ex), ef=dict(carry.ef),
-    )  # fmt: skip
-    leaves = tree_leaves(state)
-    ref = leaves[0] if leaves else xs
-    w = objective.weights(
-        span.total, B, start=span.start, stop=span.stop, device=xs.device, dtype=ref.dtype
-    )
+    T = xs.shape[0]
+    carry, w = begin_chunk(model, xs, state, carry, objective, span, params)
+    graph = carry.graph
+    assert graph is not None  # compiled by begin_chunk
     names = list(params)
     grads: dict[str, Tensor] = {}
     outs: list[Any] = []
-    total = torch.zeros((), device=xs.device, dtype=ref.dtype)
+    total = torch.zeros((), device=xs.device, dtype=w.dtype)
     for a, b in window_stops(span, T, window):
         h0 = [leaf.detach().requires_grad_(True) for leaf in tree_leaves(state)]
         with torch.enable_grad():
